@@ -1,0 +1,103 @@
+"""``mergeflow <stage>``: one subcommand per pipeline stage; DVC and Snakemake call only this.
+
+User errors (:class:`MergeflowError`) print one line and exit 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+STAGES = {
+    "fetch": "put a task's raw data under data/raw/<task>/ (generate, download or check)",
+    "prepare": "decode and resize a task's train/val/test splits into data/prepared/<task>/",
+    "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
+    "heads": "build a task's zero-shot head from the text tower",
+    "finetune": "fine-tune the image encoder on a task: models/experts/<task>.safetensors",
+    "exemplars": "sample seeded exemplar indices of a task: data/exemplars/<task>.json",
+    "features": "per-layer statistics of a task for a variant: data/features/<variant>/<task>.safetensors",
+    "merge": "merge the experts with one configured run: models/merged/<run>.safetensors",
+    "evaluate": "test accuracy of zeroshot, individual or a merged model: reports/metrics/<model>.json",
+    "report": "tables, figures and reports/report.html from all metrics",
+    "tasks-figure": "a grid of samples per task with class names: reports/figures/tasks.png",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergeflow", description="Reproducible training-free model merging.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, text in STAGES.items():
+        p = sub.add_parser(name, help=text, description=text)
+        if name in ("fetch", "prepare", "heads", "finetune", "exemplars"):
+            p.add_argument("--task", required=True)
+        if name == "features":
+            p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
+        if name == "features":
+            p.add_argument("--variant", required=True, help="<kind>-a<scale>-n<count>-s<seed>, e.g. gram-a0.4-n2-s0")
+        if name == "exemplars":
+            p.add_argument("--seed", type=int, default=None, help="another exemplar seed than exemplars.seed")
+        if name == "merge":
+            p.add_argument("--method", required=True, help="a method of merge.methods or a sweep run <method>--<param>-<value>")
+            p.add_argument("--evaluate", action="store_true", help="also write reports/metrics/<run>.json (saves a start-up)")
+        if name == "evaluate":
+            p.add_argument("--model", required=True, help="zeroshot | individual | <merge run>")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from mergeflow import config, stages
+
+    cfg = config.load(args.params)
+    stage = args.stage
+    if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
+        from mergeflow.data import get_task
+
+        get_task(args.task)  # unknown name: lists the known tasks
+        raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
+    if stage == "fetch":
+        stages.fetch(cfg, args.task)
+    elif stage == "prepare":
+        stages.prepare(cfg, args.task)
+    elif stage == "base":
+        stages.base(cfg)
+    elif stage == "heads":
+        stages.heads(cfg, args.task)
+    elif stage == "finetune":
+        stages.finetune(cfg, args.task)
+    elif stage == "exemplars":
+        stages.exemplars(cfg, args.task, args.seed)
+    elif stage == "features":
+        for task in [args.task] if args.task else cfg.tasks:
+            stages.features(cfg, task, args.variant)
+    elif stage == "merge":
+        stages.merge(cfg, args.method)
+        if args.evaluate:
+            stages.evaluate(cfg, args.method)
+    elif stage == "evaluate":
+        stages.evaluate(cfg, args.model)
+    elif stage == "report":
+        from mergeflow.report import build_report
+
+        build_report(cfg)
+    elif stage == "tasks-figure":
+        from mergeflow.report.figures import tasks_figure
+
+        tasks_figure(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mergeflow.errors import MergeflowError
+
+    try:
+        _run(args)
+    except MergeflowError as exc:
+        print(f"mergeflow {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

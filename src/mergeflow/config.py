@@ -1,0 +1,255 @@
+"""``params.yaml``: loading, validation against the JSON schema, and typed access.
+
+Validation happens before any work: a wrong key, type or range stops with one line naming the key, the
+value and what is allowed. The merge runs (one per method plus one per sweep point) and the statistics
+artifacts ("variants") they need are derived here, from the method registry, so that the CLI and both
+engines agree on them.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mergeflow.errors import MergeflowError
+
+DEFAULT_PARAMS = Path("params.yaml")
+SWEEP_SEP = "--"
+
+
+@cache
+def schema() -> dict:
+    """The JSON schema of params.yaml (workflow/schemas/params.schema.yaml, shipped with the package)."""
+    text = importlib.resources.files("mergeflow").joinpath("params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    key = _key(error.absolute_path)
+    value = error.instance
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(value) - set(allowed)) if isinstance(value, dict) else []
+        where = f"{key}." if error.absolute_path else ""
+        return (f"{source}: unknown key {where}{extra[0] if extra else '?'}; allowed keys"
+                f"{' under ' + key if error.absolute_path else ''}: {', '.join(allowed) or '(none)'}")
+    if v == "required":
+        return f"{source}: {key}: {error.message}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return f"{source}: {key} = {value!r}: must be {sign} {error.validator_value}"
+    if v == "enum":
+        return f"{source}: {key} = {value!r}: must be one of {', '.join(map(str, error.validator_value))}"
+    if v == "oneOf":
+        return f"{source}: {key} = {value!r}: must be a number in [0, 10] or 'auto'"
+    if v == "type":
+        return f"{source}: {key} = {value!r}: must be of type {error.validator_value}"
+    return f"{source}: {key} = {value!r}: {error.message}"
+
+
+def validate(raw: Any, source: str = "params.yaml") -> None:
+    """Raise :class:`MergeflowError` with one line for the first schema violation."""
+    if not isinstance(raw, dict):
+        raise MergeflowError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # the deepest error of the first branch names the key most precisely
+        error = errors[0]
+        if error.context:
+            error = min(error.context, key=lambda e: -len(e.absolute_path))
+            error = errors[0] if error.validator == "const" else error
+        raise MergeflowError(_describe(error, source))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A statistics artifact: which statistics, of which model, on how many exemplars, from which seed.
+
+    The model is ``θ_pre + scale · T_k`` (scale 0: the pre-trained encoder; 1: the expert). The name is
+    what the engines put in the path, ``data/features/<name>/<task>.safetensors``; the scale is kept as
+    written in params.yaml so that DVC's interpolation and ours spell it the same way.
+    """
+
+    kind: str  # gram | fisher | grad
+    scale: str
+    count: int
+    seed: int
+
+    KINDS = ("gram", "fisher", "grad")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-a{self.scale}-n{self.count}-s{self.seed}"
+
+    @property
+    def scale_value(self) -> float:
+        return float(self.scale)
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        """Parse ``<kind>-a<scale>-n<count>-s<seed>``; anything else is a :class:`MergeflowError`."""
+        try:
+            kind, a, n, s = name.split("-")
+            if kind not in cls.KINDS or a[0] != "a" or n[0] != "n" or s[0] != "s":
+                raise ValueError
+            float(a[1:])
+            return cls(kind, a[1:], int(n[1:]), int(s[1:]))
+        except (ValueError, IndexError):
+            raise MergeflowError(
+                f"unknown features variant {name!r}; expected <kind>-a<scale>-n<count>-s<seed> with kind one of "
+                f"{', '.join(cls.KINDS)} (e.g. gram-a0.4-n2-s0)") from None
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """One merge to perform: a method with its resolved hyper-parameters (a sweep point overrides one)."""
+
+    name: str
+    method: str
+    hparams: dict[str, Any]
+    sweep: tuple[str, Any] | None = None
+    variants: tuple[Variant, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Typed view of a validated params.yaml. ``raw`` keeps the whole mapping (for provenance)."""
+
+    raw: dict[str, Any]
+    source: str = "params.yaml"
+
+    def __getattr__(self, section: str) -> Any:
+        if section in self.raw:
+            value = self.raw[section]
+            return _Section(value, section) if isinstance(value, dict) else value
+        raise AttributeError(section)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.raw["data"]["tasks"])
+
+    def block(self, method: str) -> dict[str, Any]:
+        return dict(self.raw["merge"].get(method) or {})
+
+    def merge_runs(self) -> list[MergeRun]:
+        """The base run of every configured method, then every sweep point, in params order."""
+        from mergeflow.merge import METHODS
+
+        seed = int(self.raw["exemplars"]["seed"])
+        runs = []
+        for method in self.raw["merge"]["methods"]:
+            hp = METHODS[method].resolve(self.block(method))
+            runs.append(MergeRun(method, method, hp, None, METHODS[method].variants(hp, seed)))
+        for method, params in self.raw["sweeps"].items():
+            for param, values in params.items():
+                for value in values:
+                    hp = METHODS[method].resolve({**self.block(method), param: value})
+                    name = f"{method}{SWEEP_SEP}{param}-{value}"
+                    runs.append(MergeRun(name, method, hp, (param, value), METHODS[method].variants(hp, seed)))
+        return runs
+
+    def run(self, name: str) -> MergeRun:
+        for run in self.merge_runs():
+            if run.name == name:
+                return run
+        known = ", ".join(r.name for r in self.merge_runs())
+        raise MergeflowError(f"{self.source}: no merge run {name!r}; configured runs: {known}")
+
+    def variants(self) -> list[Variant]:
+        """Every statistics artifact the configured runs need, without duplicates, in first-use order."""
+        seen: dict[str, Variant] = {}
+        for run in self.merge_runs():
+            for v in run.variants:
+                seen.setdefault(v.name, v)
+        return list(seen.values())
+
+    def models(self) -> list[str]:
+        """Everything ``evaluate`` scores: zero-shot, the individual experts and every merge run."""
+        return ["zeroshot", "individual", *(r.name for r in self.merge_runs())]
+
+
+class _Section:
+    """Attribute access to a params section: ``cfg.finetune.lr``."""
+
+    def __init__(self, data: Any, path: str):
+        self._data, self._path = data, path
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self._data[key]
+        except (KeyError, TypeError):
+            raise AttributeError(f"{self._path}.{key}") from None
+        return _Section(value, f"{self._path}.{key}") if isinstance(value, dict) else value
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        return dict(self._data)
+
+
+def _check_semantics(cfg: Config) -> None:
+    from mergeflow.data import TASKS
+    from mergeflow.merge import METHODS
+
+    src = cfg.source
+    for task in cfg.tasks:
+        if task not in TASKS:
+            raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    merge = cfg.raw["merge"]
+    for method in merge["methods"]:
+        try:
+            METHODS[method].resolve(cfg.block(method))
+        except MergeflowError as exc:
+            raise MergeflowError(f"{src}: merge.{method}: {exc}") from None
+    pool = int(cfg.raw["exemplars"]["pool"])
+    for method, params in cfg.raw["sweeps"].items():
+        if method not in merge["methods"]:
+            raise MergeflowError(f"{src}: sweeps.{method}: {method!r} is not in merge.methods "
+                                 f"({', '.join(merge['methods'])})")
+        spec = METHODS[method]
+        base = spec.resolve(cfg.block(method))
+        for param, values in params.items():
+            if param not in spec.hparams:
+                raise MergeflowError(f"{src}: sweeps.{method}.{param}: {method} has no hyper-parameter {param!r}; "
+                                     f"accepted: {', '.join(spec.hparams)}")
+            for value in values:
+                if value == base[param]:
+                    raise MergeflowError(f"{src}: sweeps.{method}.{param} = {value!r}: equals the base value; "
+                                         "sweep points must differ from merge." + f"{method}.{param}")
+                try:
+                    spec.resolve({**cfg.block(method), param: value})
+                except MergeflowError as exc:
+                    raise MergeflowError(f"{src}: sweeps.{method}.{param}: {exc}") from None
+    for run in cfg.merge_runs():
+        for v in run.variants:
+            if v.kind == "gram" and v.count > pool:
+                raise MergeflowError(f"{src}: {run.name} needs {v.count} exemplars per task but exemplars.pool = "
+                                     f"{pool}; raise exemplars.pool to at least {v.count}")
+
+
+def load(path: str | Path = DEFAULT_PARAMS) -> Config:
+    """Read, validate and type a params file. Every problem is a one-line :class:`MergeflowError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeflowError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MergeflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    validate(raw, str(path))
+    cfg = Config(raw, str(path))
+    _check_semantics(cfg)
+    return cfg

@@ -1,0 +1,112 @@
+"""Merge methods: one module per method, each a pure function over state dicts, and a registry.
+
+>>> from mergeflow.merge import METHODS, merge
+>>> merged = merge("cat", pretrained, experts, stats=stats, alpha=0.4, c=4)  # doctest: +SKIP
+
+Adding a method = one module with a ``@register(...)`` function, imported below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mergeflow.errors import MergeflowError
+from mergeflow.merge import (  # noqa: F401  (each import registers its method)
+    cat,
+    dare,
+    fisher,
+    iso_c,
+    lot,
+    pcb,
+    regmean,
+    task_arithmetic,
+    tatr,
+    ties,
+    tsv,
+    weight_averaging,
+)
+from mergeflow.merge.registry import METHODS, HParam, MethodSpec, Need
+
+__all__ = ["METHODS", "HParam", "MethodSpec", "Need", "merge", "check_inputs"]
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise MergeflowError(f"unknown merge method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def _check_finite(where: str, sd: dict[str, torch.Tensor]) -> None:
+    for key, t in sd.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MergeflowError(f"{where}: {key} contains NaN or Inf")
+
+
+def check_inputs(pretrained: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Experts must match ``pretrained`` key for key in shape and dtype, and every tensor must be finite."""
+    if not experts:
+        raise MergeflowError("no experts to merge")
+    _check_finite("pretrained", pretrained)
+    for task, sd in experts.items():
+        missing = [k for k in pretrained if k not in sd]
+        extra = [k for k in sd if k not in pretrained]
+        if missing or extra:
+            key = (missing or extra)[0]
+            raise MergeflowError(f"expert {task!r}: key {key} {'missing' if missing else 'not in pretrained'}")
+        for key, ref in pretrained.items():
+            t = sd[key]
+            if t.shape != ref.shape:
+                raise MergeflowError(f"expert {task!r}: {key} has shape {tuple(t.shape)}, pretrained {tuple(ref.shape)}")
+            if t.dtype != ref.dtype:
+                raise MergeflowError(f"expert {task!r}: {key} has dtype {t.dtype}, pretrained {ref.dtype}")
+        _check_finite(f"expert {task!r}", sd)
+
+
+def _check_stats(spec: MethodSpec, hp: dict[str, Any], experts, stats) -> None:
+    kinds = spec.stat_kinds(hp)
+    if not kinds:
+        return
+    if stats is None:
+        raise MergeflowError(f"{spec.name} needs statistics ({', '.join(sorted(kinds))}) but none were given")
+    for task in experts:
+        if task not in stats:
+            raise MergeflowError(f"{spec.name}: no statistics for task {task!r}")
+        have = stats[task].kinds()
+        for kind in sorted(kinds):
+            if kind not in have:
+                raise MergeflowError(f"{spec.name}: statistics of task {task!r} lack {kind!r}")
+        for name in ("gram", "sqnorm", "fisher", "grad"):
+            for key, t in getattr(stats[task], name).items():
+                if not torch.isfinite(t).all():
+                    raise MergeflowError(f"{spec.name}: {name} of task {task!r} for {key} contains NaN or Inf")
+
+
+def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]],
+          stats: dict | None = None, diagnostics: dict | None = None, **hyperparameters: Any) -> dict[str, torch.Tensor]:
+    """Merge ``experts`` into one state dict with method ``name``.
+
+    Args:
+        name: a key of :data:`METHODS`.
+        pretrained: ``θ_pre`` as a state dict.
+        experts: task → state dict with the same keys, shapes and dtypes.
+        stats: task → :class:`mergeflow.features.TaskStats`, for the methods that need them.
+        diagnostics: if a dict, methods record what they chose (CAT: eigenvalues per unit).
+        **hyperparameters: overrides of the registry defaults (``lambda`` via ``**{"lambda": 5.0}``).
+
+    Returns:
+        A state dict with ``pretrained``'s keys, shapes and dtypes.
+    """
+    spec = get_method(name)
+    hp = spec.resolve(hyperparameters)
+    if spec.scale and hp[spec.scale] == "auto":
+        raise MergeflowError(f"{name}: {spec.scale}='auto' is resolved by the merge stage; pass a number here")
+    check_inputs(pretrained, experts)
+    _check_stats(spec, hp, experts, stats)
+    kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
+    out = spec.fn(pretrained, experts, stats=stats, diagnostics=diagnostics, **kwargs)
+    for key, ref in pretrained.items():
+        assert out[key].shape == ref.shape and out[key].dtype == ref.dtype, key
+    return {k: out[k] for k in pretrained}

@@ -1,0 +1,59 @@
+"""LOT Merging: the layer-wise task vector that minimises feature drift, in closed form (algorithms.md §3)."""
+
+from __future__ import annotations
+
+import torch
+
+from mergeflow.merge.common import add_scaled, task_vectors
+from mergeflow.merge.registry import HParam, Need, alpha, register
+from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear
+
+
+def lot_linear(vectors: list[torch.Tensor], grams: list[torch.Tensor]) -> torch.Tensor:
+    """``T* = (Σ_k T_k G_k) · pinv(Σ_k G_k)``: one pseudo-inverse per unit, in float64.
+
+    The cut-off of the pseudo-inverse follows the precision the Grams were accumulated in: directions
+    below ``d · eps(dtype)`` of the largest eigenvalue are round-off, not features, and must stay untouched.
+    """
+    rhs = sum(t.double() @ g.double() for t, g in zip(vectors, grams, strict=True))
+    rtol = grams[0].shape[0] * torch.finfo(grams[0].dtype).eps
+    return rhs @ torch.linalg.pinv(sum(g.double() for g in grams), hermitian=True, rtol=rtol)
+
+
+def lot_scale(vectors: list[torch.Tensor], energies: list[torch.Tensor]) -> torch.Tensor:
+    """``t*[d] = Σ_k e_k[d] T_k[d] / Σ_k e_k[d]``; the plain mean where every energy is zero."""
+    e = torch.stack([x.double() for x in energies])
+    t = torch.stack([x.double() for x in vectors])
+    total = e.sum(0)
+    weighted = (e * t).sum(0) / total.clamp(min=1e-30)
+    return torch.where(total > 0, weighted, t.mean(0))
+
+
+def _rows(stats, key: str) -> float:
+    if key in stats.rows:
+        return float(stats.rows[key])
+    return float(max(stats.rows.values())) if stats.rows else 1.0
+
+
+@register("lot", "LOT Merging", "Sun et al., Towards minimizing feature drift in model merging: layer-wise task "
+          "vector fusion, NeurIPS 2025 (arXiv 2505.23859)",
+          {"lambda": alpha(1.2, "scale of the merged task vector"),
+           "exemplars": HParam(64, int, "exemplars per task for the Grams", low=1, pipeline=True)},
+          needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
+def lot(pretrained, experts, stats=None, diagnostics=None, **hp):
+    """Linear units: the Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted mean."""
+    vectors = task_vectors(pretrained, experts)
+    tasks = list(vectors)
+    merged = {}
+    for key, like in vectors[tasks[0]].items():
+        items = [vectors[t][key] for t in tasks]
+        if is_linear(key) and all(key in stats[t].gram for t in tasks):
+            solution = lot_linear([as_matrix(key, x) for x in items], [stats[t].gram[key] for t in tasks])
+            merged[key] = from_matrix(key, solution, like).float()
+        elif is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
+            merged[key] = lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).float()
+        else:
+            w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64)
+            merged[key] = (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(
+                w.sum()).float()
+    return add_scaled(pretrained, merged, hp["lambda"])

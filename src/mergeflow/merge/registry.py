@@ -1,0 +1,126 @@
+"""The merge-method registry: name → pure function, paper, hyper-parameters and the statistics it needs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergeflow.errors import MergeflowError
+
+
+@dataclass(frozen=True)
+class HParam:
+    """A hyper-parameter: default, type and allowed values.
+
+    ``low``/``high`` bound numbers (``open_low`` excludes the bound); ``choices`` lists allowed values;
+    ``auto`` allows the string ``auto`` (a scale chosen on validation by the merge stage); ``pipeline``
+    marks parameters the stage consumes (exemplar counts) rather than the function.
+    """
+
+    default: Any
+    kind: type | tuple[type, ...]
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: Sequence[Any] | None = None
+    auto: bool = False
+    pipeline: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.auto and value == "auto":
+            return value
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, value
+        if not ok:
+            allowed = " or ".join(k.__name__ for k in kinds) + (" or 'auto'" if self.auto else "")
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be {allowed}")
+        if self.choices is not None:
+            items = value if isinstance(value, list | tuple) else [value]
+            for item in items:
+                if item not in self.choices:
+                    raise MergeflowError(f"hyper-parameter {name} = {value!r}: allowed values are "
+                                         f"{', '.join(map(str, self.choices))}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be finite")
+            if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be {'>' if self.open_low else '>='} "
+                                     f"{self.low}")
+            if self.high is not None and value > self.high:
+                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be <= {self.high}")
+        return value
+
+
+@dataclass(frozen=True)
+class Need:
+    """Statistics a method reads: ``kind`` of the model ``θ_pre + scale·T_k`` on ``count`` exemplars.
+
+    ``scale`` is a number or the name of the hyper-parameter holding it (CAT's ``alpha``); ``count`` names
+    the hyper-parameter holding the exemplar count; ``when`` limits the need to some settings.
+    """
+
+    kind: str  # gram (with sqnorm and rows) | fisher | grad
+    scale: float | str
+    count: str
+    when: Callable[[dict], bool] = field(default=lambda hp: True)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered merge method."""
+
+    name: str
+    pretty: str
+    paper: str
+    fn: Callable[..., dict]
+    hparams: dict[str, HParam]
+    needs: tuple[Need, ...] = ()
+    scale: str | None = None  # the hyper-parameter that scales the merged task vector (tunable with `auto`)
+
+    def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``given``, each value checked; unknown names list the accepted ones."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.hparams))
+        if unknown:
+            raise MergeflowError(f"{self.name}: unknown hyper-parameter {unknown[0]!r}; accepted: "
+                                 f"{', '.join(self.hparams) or '(none)'}")
+        return {name: hp.check(name, given.get(name, hp.default)) for name, hp in self.hparams.items()}
+
+    def variants(self, hp: dict[str, Any], seed: int) -> tuple:
+        """The statistics artifacts (:class:`mergeflow.config.Variant`) this method needs at ``hp``."""
+        from mergeflow.config import Variant
+
+        out = []
+        for need in self.needs:
+            if need.when(hp):
+                scale = hp[need.scale] if isinstance(need.scale, str) else need.scale
+                out.append(Variant(need.kind, str(scale), int(hp[need.count]), int(seed)))
+        return tuple(out)
+
+    def stat_kinds(self, hp: dict[str, Any]) -> set[str]:
+        return {need.kind for need in self.needs if need.when(hp)}
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], needs: Sequence[Need] = (),
+             scale: str | None = None):
+    """Decorator: register a pure merge function under ``name``."""
+
+    def wrap(fn):
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} registered twice")
+        METHODS[name] = MethodSpec(name, pretty, paper, fn, dict(hparams), tuple(needs), scale)
+        return fn
+
+    return wrap
+
+
+def alpha(default: float | str = 0.3, doc: str = "scale of the merged task vector") -> HParam:
+    return HParam(default, float, doc, low=0.0, high=10.0, auto=True)

@@ -1,0 +1,147 @@
+"""Build open_clip models: the real ViTs (optionally with pre-trained weights) and our tiny ones.
+
+Our architectures are data: JSON files in ``configs/`` registered with open_clip's model registry, so
+``open_clip.create_model("mf-vit-tiny")`` works like any built-in name.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from mergeflow import _torchvision_compat  # noqa: F401  (must precede open_clip, which imports torchvision)
+from mergeflow.errors import MergeflowError
+from mergeflow.io import load_tensors, read_json, save_tensors, write_json
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# open_clip's 'openai' weights were trained with QuickGELU; the architectures' -quickgelu twins match them.
+_QUICKGELU_TAGS = {"openai"}
+
+
+@cache
+def _open_clip():
+    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+def known_architectures() -> list[str]:
+    return list(_open_clip().list_models())
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in known_architectures():
+        raise MergeflowError(f"unknown model architecture {arch!r}; e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
+
+
+def model_config(arch: str) -> dict:
+    _check_arch(arch)
+    return _open_clip().get_model_config(arch)
+
+
+def _config_file(arch: str) -> Path | None:
+    """The JSON config of ``arch`` (ours, or open_clip's bundled one) found without importing open_clip."""
+    import importlib.util
+
+    ours = CONFIG_DIR / f"{arch}.json"
+    if ours.is_file():
+        return ours
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "model_configs" / f"{arch}.json"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def image_size(arch: str) -> int:
+    """The input resolution of ``arch`` (cheap: reads the config file, does not import open_clip)."""
+    file = _config_file(arch)
+    cfg = read_json(file) if file else model_config(arch)
+    size = cfg["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user error
+        raise MergeflowError(f"{path}: unreadable checkpoint ({exc})") from None
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise MergeflowError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; a missing/unexpected key or a shape mismatch names the first one."""
+    own = model.state_dict()
+    for key, ref in own.items():
+        if key not in state:
+            raise MergeflowError(f"{source}: key {key} missing for this architecture")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise MergeflowError(f"{source}: {key} has shape {tuple(state[key].shape)}, the architecture expects "
+                                 f"{tuple(ref.shape)}")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise MergeflowError(f"{source}: unexpected key {extra[0]} for this architecture")
+    model.load_state_dict(state)
+
+
+def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> torch.nn.Module:
+    """An open_clip CLIP model: random init (seeded), an open_clip tag such as ``openai``, or a checkpoint path."""
+    _check_arch(arch)
+    oc = _open_clip()
+    if pretrained is None or Path(pretrained).is_file():
+        torch.manual_seed(seed)
+        model = oc.create_model(arch, pretrained=None)
+        if pretrained is not None:
+            load_state_checked(model, _read_checkpoint(Path(pretrained)), str(pretrained))
+        return model.eval()
+    if any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith((".safetensors", ".pt", ".bin")):
+        raise MergeflowError(f"model.pretrained: checkpoint {pretrained} not found")
+    tags = oc.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise MergeflowError(f"model.pretrained: {arch} has no pre-trained tag {pretrained!r}; tags: "
+                             f"{', '.join(tags) or '(none)'}; or give a checkpoint path")
+    name = f"{arch}-quickgelu" if pretrained in _QUICKGELU_TAGS and f"{arch}-quickgelu" in oc.list_models() else arch
+    try:
+        model = oc.create_model(name, pretrained=pretrained)
+    except Exception as exc:  # noqa: BLE001 - network/hub failures of any kind
+        raise MergeflowError(
+            f"model.pretrained: the {pretrained!r} weights of {arch} cannot be fetched here "
+            f"({type(exc).__name__}); download them where there is network and set model.pretrained to the "
+            "checkpoint path (open_clip .bin/.pt or .safetensors)") from None
+    return model.eval()
+
+
+def save_base(model: torch.nn.Module, arch: str, folder: str | Path, extra: dict | None = None) -> None:
+    """``folder/model.safetensors`` + ``folder/config.json`` (architecture name and open_clip config)."""
+    folder = Path(folder)
+    save_tensors(folder / "model.safetensors", model.state_dict())
+    write_json(folder / "config.json", {"arch": arch, "open_clip_config": model_config(arch), **(extra or {})})
+
+
+def load_base(folder: str | Path) -> tuple[torch.nn.Module, str]:
+    """The base CLIP model saved by :func:`save_base` (no network needed)."""
+    folder = Path(folder)
+    info = read_json(folder / "config.json")
+    arch = info["arch"]
+    model = create_model(arch, None) if arch in known_architectures() else None
+    if model is None:
+        raise MergeflowError(f"{folder / 'config.json'}: unknown architecture {arch!r}")
+    load_state_checked(model, load_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    return model.eval(), arch
+
+
+def load_visual_state(visual: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load an image-encoder state dict (an expert or a merged model) into ``visual``, checked."""
+    load_state_checked(visual, state, source)

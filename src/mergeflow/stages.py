@@ -1,0 +1,360 @@
+"""The pipeline's stages: each reads its inputs from the layout in :mod:`mergeflow.paths`, does one job and
+writes its outputs atomically. The CLI calls these; both engines call only the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mergeflow import paths
+from mergeflow.config import Config, Variant
+from mergeflow.errors import MergeflowError
+from mergeflow.io import hash_file, load_tensors, read_json, save_tensors, write_json
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+# --- data -------------------------------------------------------------------------------------------
+def fetch(cfg: Config, task: str) -> Path:
+    """Put ``task``'s raw data under ``<data.raw_dir>/<task>/`` (generate, download, or check it is there)."""
+    from mergeflow.data import get_task
+
+    spec = get_task(task)
+    target = Path(cfg.data.raw_dir) / task
+    options = {**cfg.data.generate.to_dict(), "download": cfg.data.download}
+    if spec.kind == "real":
+        if not cfg.data.download:
+            spec.load(target, "test")  # raises with the expected layout when absent
+            return target
+        spec.fetch(target, options)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
+    try:
+        spec.fetch(tmp, options)
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prepare(cfg: Config, task: str) -> Path:
+    """Decode, resize and store the train/val/test splits of ``task`` at the model's image size."""
+    from mergeflow.data import get_task
+    from mergeflow.data.prepared import prepare_task
+    from mergeflow.models.factory import image_size
+
+    get_task(task)
+    target = paths.prepared(task)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
+    try:
+        prepare_task(task, Path(cfg.data.raw_dir), image_size(cfg.model.arch), tmp, val_fraction=cfg.data.val_fraction,
+                     max_val=cfg.data.max_val, split_seed=cfg.data.split_seed)
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --- models -----------------------------------------------------------------------------------------
+def base(cfg: Config) -> Path:
+    """Pre-train the offline base, or load the pre-trained weights; save ``models/base/``."""
+    from mergeflow.data import get_task
+    from mergeflow.data.prepared import classnames, load_prepared
+    from mergeflow.device import resolve
+    from mergeflow.models import create_model, save_base
+    from mergeflow.train.pretrain import pretrain_clip
+
+    arch, pretrained = cfg.model.arch, cfg.model.pretrained
+    model = create_model(arch, pretrained, seed=cfg.seed)
+    log = {"arch": arch, "pretrained": pretrained}
+    if pretrained is None:
+        data = {}
+        for task in cfg.tasks:
+            images, labels = load_prepared(task, "train")
+            data[task] = (images, labels, classnames(task), list(get_task(task).templates))
+        p = cfg.pretrain
+        log["pretrain"] = pretrain_clip(model, arch, data, steps=p.steps, batch_size=p.batch_size, lr=p.lr,
+                                        weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, seed=p.seed,
+                                        device=resolve(cfg.device))
+    save_base(model.cpu().eval(), arch, paths.BASE, {"pretrained": pretrained})
+    write_json(paths.BASE / "log.json", log)
+    return paths.BASE
+
+
+def _load_base():
+    from mergeflow.models import load_base
+
+    return load_base(paths.BASE)
+
+
+def _logit_scale(model) -> float:
+    return float(model.logit_scale.detach().exp())
+
+
+def heads(cfg: Config, task: str) -> Path:
+    """The zero-shot head of ``task`` from the base's text tower."""
+    import json
+
+    from mergeflow.data import get_task
+    from mergeflow.data.prepared import classnames
+    from mergeflow.models.heads import zeroshot_head
+
+    model, arch = _load_base()
+    names = classnames(task)
+    head = zeroshot_head(model, arch, names, get_task(task).templates)
+    save_tensors(paths.head(task), {"weight": head}, {"classnames": json.dumps(names)})
+    return paths.head(task)
+
+
+def load_head(task: str, n_classes: int | None = None) -> torch.Tensor:
+    from mergeflow.models.classifier import check_head
+
+    head = load_tensors(paths.head(task)).get("weight")
+    if head is None:
+        raise MergeflowError(f"{paths.head(task)}: no 'weight' tensor; rerun `mergeflow heads --task {task}`")
+    if n_classes is not None:
+        check_head(head, n_classes, str(paths.head(task)))
+    return head
+
+
+def _classifier(visual, task: str, scale: float, n_classes: int | None = None):
+    from mergeflow.models import ImageClassifier
+
+    return ImageClassifier(visual, load_head(task, n_classes), scale)
+
+
+def finetune(cfg: Config, task: str) -> Path:
+    """Fine-tune the base's image encoder on ``task`` with its frozen head; save the expert and a JSON log."""
+    from mergeflow.data.prepared import classnames, load_prepared
+    from mergeflow.device import resolve
+    from mergeflow.evaluate import accuracy
+    from mergeflow.train.finetune import finetune as run
+
+    device = resolve(cfg.device)
+    model, _ = _load_base()
+    images, labels = load_prepared(task, "train")
+    clf = _classifier(copy.deepcopy(model.visual), task, _logit_scale(model), len(classnames(task)))
+    f = cfg.finetune
+    log = run(clf, images, labels, steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+              warmup_steps=f.warmup_steps, grad_clip=f.grad_clip, seed=f.seed, device=device, task=task)
+    val_images, val_labels = load_prepared(task, "val")
+    log["val_accuracy"] = accuracy(clf, val_images, val_labels, batch_size=cfg.evaluate.batch_size, device=device)
+    log["task"] = task
+    save_tensors(paths.expert(task), clf.visual.cpu().state_dict(), {"task": task})
+    write_json(paths.expert_log(task), log)
+    return paths.expert(task)
+
+
+def load_expert(task: str, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An expert's state dict, checked against the base's image encoder."""
+    from mergeflow.merge import check_inputs
+
+    state = load_tensors(paths.expert(task))
+    try:
+        check_inputs(reference, {task: state})
+    except MergeflowError as exc:
+        raise MergeflowError(f"{paths.expert(task)}: does not match the base: {exc}") from None
+    return state
+
+
+# --- exemplars and features ---------------------------------------------------------------------------
+def exemplars(cfg: Config, task: str, seed: int | None = None) -> Path:
+    """``data/exemplars/<task>.json``: a seeded list of ``exemplars.pool`` train indices."""
+    from mergeflow.features.exemplars import sample_exemplars
+
+    seed = cfg.exemplars.seed if seed is None else seed
+    manifest = read_json(paths.prepared(task) / "manifest.json")
+    n_train = manifest["splits"]["train"]["count"]
+    indices = sample_exemplars(n_train, cfg.exemplars.pool, seed)
+    out = paths.exemplars(task) if seed == cfg.exemplars.seed else paths.EXEMPLARS / f"{task}.seed{seed}.json"
+    write_json(out, {"task": task, "seed": seed, "count": len(indices), "split": "train",
+                     "split_index_hash": manifest["splits"]["train"]["index_hash"], "indices": indices})
+    return out
+
+
+def _scaled_visual(model, task: str, scale: float):
+    """A copy of the base's image encoder at ``θ_pre + scale · T_task``."""
+    visual = copy.deepcopy(model.visual)
+    if scale != 0.0:
+        pre = visual.state_dict()
+        expert = load_expert(task, pre)
+        visual.load_state_dict({k: (pre[k].float() + scale * (expert[k].float() - pre[k].float())).to(pre[k].dtype)
+                                for k in pre})
+    return visual
+
+
+def features(cfg: Config, task: str, variant: str) -> Path:
+    """Statistics ``variant`` of ``task``: Grams/energies, Fisher or gradients, on its first n exemplars."""
+    from mergeflow.data.prepared import load_prepared
+    from mergeflow.device import resolve
+    from mergeflow.features.collect import collect_stats, fisher_diagonal, mean_abs_gradient
+    from mergeflow.features.stats import TaskStats
+
+    v = Variant.parse(variant)
+    device = resolve(cfg.device)
+    ex_file = paths.exemplars(task) if v.seed == cfg.exemplars.seed else paths.EXEMPLARS / f"{task}.seed{v.seed}.json"
+    listing = read_json(ex_file)
+    if v.count > listing["count"]:
+        raise MergeflowError(f"variant {variant}: {v.count} exemplars asked but {ex_file} lists {listing['count']}; "
+                             "raise exemplars.pool")
+    idx = torch.tensor(listing["indices"][:v.count])
+    images, labels = load_prepared(task, "train")
+    images, labels = images[idx], labels[idx]
+    model, _ = _load_base()
+    visual = _scaled_visual(model, task, v.scale_value).to(device)
+    dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
+    stats = TaskStats()
+    if v.kind == "gram":
+        bs = cfg.features.batch_size
+        stats = collect_stats(visual, (images[i:i + bs] for i in range(0, len(images), bs)), dtype=dtype, device=device)
+    elif v.kind == "fisher":
+        clf = _classifier(visual, task, _logit_scale(model))
+        stats.fisher = fisher_diagonal(clf, images, labels if cfg.features.fisher_labels else None, device=device,
+                                       seed=v.seed)
+    else:
+        clf = _classifier(visual, task, _logit_scale(model))
+        stats.grad = mean_abs_gradient(clf, images, labels, batch_size=cfg.features.batch_size, device=device)
+    meta = {"variant": variant, "task": task, "exemplars_sha256": hash_file(ex_file)}
+    if v.scale_value != 0.0:
+        meta["expert_sha256"] = hash_file(paths.expert(task))
+    save_tensors(paths.features(variant, task), stats.to_tensors(), meta)
+    return paths.features(variant, task)
+
+
+def load_stats(variant: str, task: str):
+    from mergeflow.features.stats import TaskStats
+
+    file = paths.features(variant, task)
+    return TaskStats.from_tensors(load_tensors(file), str(file))
+
+
+# --- merge and evaluate -------------------------------------------------------------------------------
+def _val_sets(cfg: Config):
+    from mergeflow.data.prepared import load_prepared
+
+    return {t: load_prepared(t, "val") for t in cfg.tasks}
+
+
+def merge(cfg: Config, run_name: str) -> Path:
+    """Merge with one configured run; an ``auto`` scale is chosen on the validation splits."""
+    from mergeflow.device import resolve
+    from mergeflow.evaluate import accuracy
+    from mergeflow.merge import METHODS
+    from mergeflow.merge import merge as do_merge
+
+    run = cfg.run(run_name)
+    spec = METHODS[run.method]
+    device = resolve(cfg.device)
+    model, _ = _load_base()
+    pre = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    experts = {t: load_expert(t, pre) for t in cfg.tasks}
+    stats = None
+    if run.variants:
+        stats = {}
+        for t in cfg.tasks:
+            parts = [load_stats(v.name, t) for v in run.variants]
+            merged_stats = parts[0]
+            for extra in parts[1:]:
+                for field in ("gram", "sqnorm", "rows", "fisher", "grad"):
+                    getattr(merged_stats, field).update(getattr(extra, field))
+            stats[t] = merged_stats
+    hp = dict(run.hparams)
+    scale_key = spec.scale
+    auto = scale_key is not None and hp[scale_key] == "auto"
+    if auto:
+        hp[scale_key] = 1.0
+    dev_pre = {k: v.to(device) for k, v in pre.items()}
+    dev_experts = {t: {k: v.to(device) for k, v in sd.items()} for t, sd in experts.items()}
+    dev_stats = stats
+    if stats is not None and device.type != "cpu":
+        from mergeflow.features.stats import TaskStats
+
+        dev_stats = {t: TaskStats.from_tensors({k: v.to(device) for k, v in s.to_tensors().items()}) for t, s in stats.items()}
+    diagnostics: dict = {}
+    start = time.time()
+    merged = do_merge(run.method, dev_pre, dev_experts, stats=dev_stats, diagnostics=diagnostics, **hp)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.time() - start
+    merged = {k: v.cpu() for k, v in merged.items()}
+    scale_info = {"name": scale_key, "value": hp.get(scale_key) if scale_key else None, "chosen_by": "fixed"}
+    if auto:
+        delta = {k: merged[k].float() - pre[k].float() for k in pre if pre[k].is_floating_point()}
+        val = _val_sets(cfg)
+        expert_val = {t: read_json(paths.expert_log(t))["val_accuracy"] for t in cfg.tasks}
+        scale_model = copy.deepcopy(model.visual)
+        curve = []
+        for s in cfg.evaluate.scale_grid:
+            scale_model.load_state_dict({k: (pre[k].float() + s * delta[k]).to(pre[k].dtype) if k in delta else pre[k]
+                                         for k in pre})
+            norm = []
+            for t, (x, y) in val.items():
+                acc = accuracy(_classifier(scale_model, t, _logit_scale(model)), x, y,
+                               batch_size=cfg.evaluate.batch_size, device=device)
+                norm.append(acc / expert_val[t] if expert_val[t] > 0 else 0.0)
+            curve.append({"scale": s, "val_normalized": sum(norm) / len(norm)})
+        best = max(curve, key=lambda c: c["val_normalized"])
+        merged = {k: (pre[k].float() + best["scale"] * delta[k]).to(pre[k].dtype) if k in delta else pre[k]
+                  for k in pre}
+        scale_info = {"name": scale_key, "value": best["scale"], "chosen_by": "validation", "grid": curve}
+    inputs = {str(paths.base_weights()): hash_file(paths.base_weights())}
+    inputs.update({str(paths.expert(t)): hash_file(paths.expert(t)) for t in cfg.tasks})
+    for v in run.variants:
+        inputs.update({str(paths.features(v.name, t)): hash_file(paths.features(v.name, t)) for t in cfg.tasks})
+    save_tensors(paths.merged(run.name), merged, {"run": run.name, "method": run.method})
+    write_json(paths.merge_report(run.name), {
+        "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper,
+        "hyperparameters": run.hparams, "sweep": list(run.sweep) if run.sweep else None, "scale": scale_info,
+        "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "device": str(device),
+        "diagnostics": diagnostics, "inputs": inputs})
+    return paths.merged(run.name)
+
+
+def evaluate(cfg: Config, model_name: str) -> Path:
+    """Test accuracy of ``zeroshot``, ``individual`` or a merge run on every task, as JSON."""
+    from mergeflow.data.prepared import load_prepared
+    from mergeflow.device import resolve
+    from mergeflow.evaluate import accuracy, summarise
+
+    device = resolve(cfg.device)
+    model, _ = _load_base()
+    pre = model.visual.state_dict()
+    scale = _logit_scale(model)
+    visual = copy.deepcopy(model.visual)
+    if model_name not in ("zeroshot", "individual"):
+        cfg.run(model_name)
+        state = load_tensors(paths.merged(model_name))
+        from mergeflow.models.factory import load_visual_state
+
+        load_visual_state(visual, state, str(paths.merged(model_name)))
+    per_task, inputs = {}, {}
+    for t in cfg.tasks:
+        images, labels = load_prepared(t, "test")
+        if model_name == "individual":
+            visual.load_state_dict(load_expert(t, pre))
+            inputs[str(paths.expert(t))] = hash_file(paths.expert(t))
+        acc = accuracy(_classifier(visual, t, scale, None), images, labels, batch_size=cfg.evaluate.batch_size,
+                       device=device)
+        per_task[t] = {"accuracy": acc, "count": int(len(labels))}
+    individual = None
+    if model_name not in ("zeroshot", "individual"):
+        individual = read_json(paths.metrics("individual"))["tasks"]
+        inputs[str(paths.merged(model_name))] = hash_file(paths.merged(model_name))
+    out = {"model": model_name, "tasks": per_task, **summarise(per_task, individual), "device": str(device)}
+    out["inputs"] = inputs
+    write_json(paths.metrics(model_name), out)
+    return paths.metrics(model_name)
+
+

@@ -1,0 +1,78 @@
+import copy
+
+import pytest
+import yaml
+
+from mergeflow import config
+from mergeflow.errors import MergeflowError
+
+
+@pytest.fixture()
+def raw():
+    return yaml.safe_load(open("params.yaml"))
+
+
+def _load(tmp_path, raw):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return config.load(p)
+
+
+def test_default_params_load():
+    cfg = config.load("params.yaml")
+    assert len(cfg.tasks) >= 8
+    names = [r.name for r in cfg.merge_runs()]
+    assert "cat" in names and "lot" in names and "cat--lambda-1.0" in names
+    assert cfg.finetune.lr > 0
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    (("merge", "cat", "lambda"), -1.0, "merge.cat.lambda = -1.0: must be >= 0"),
+    (("finetune", "lr"), "fast", "finetune.lr = 'fast': must be of type number"),
+    (("merge", "ties", "merge_func"), "max", "must be one of sum, mean"),
+    (("device",), "tpu", "device = 'tpu': must be one of auto, cpu, cuda"),
+])
+def test_invalid_values_name_key_value_and_rule(tmp_path, raw, path, value, expected):
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(MergeflowError) as err:
+        _load(tmp_path, raw)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key(tmp_path, raw):
+    raw["finetune"]["learning_rate"] = 0.1
+    with pytest.raises(MergeflowError, match="unknown key finetune.learning_rate; allowed keys under finetune"):
+        _load(tmp_path, raw)
+
+
+def test_unknown_method_and_task(tmp_path, raw):
+    bad = copy.deepcopy(raw)
+    bad["merge"]["methods"].append("magic")
+    with pytest.raises(MergeflowError, match="'magic'"):
+        _load(tmp_path, bad)
+    raw["data"]["tasks"].append("imagenet")
+    with pytest.raises(MergeflowError, match="unknown task 'imagenet'"):
+        _load(tmp_path, raw)
+
+
+def test_sweep_checks(tmp_path, raw):
+    raw["sweeps"]["cat"]["lambda"] = [5.0]
+    with pytest.raises(MergeflowError, match="equals the base value"):
+        _load(tmp_path, raw)
+
+
+def test_variant_names_round_trip_and_reject_garbage():
+    v = config.Variant.parse("gram-a0.4-n2-s0")
+    assert (v.kind, v.scale_value, v.count, v.seed) == ("gram", 0.4, 2, 0) and v.name == "gram-a0.4-n2-s0"
+    with pytest.raises(MergeflowError, match="unknown features variant 'grams'"):
+        config.Variant.parse("grams")
+
+
+def test_lot_and_regmean_share_statistics_and_cat_alpha_is_in_its_variant():
+    cfg = config.load("params.yaml")
+    assert cfg.run("lot").variants == cfg.run("regmean").variants
+    assert cfg.run("cat").variants[0].name == f"gram-a{cfg.raw['merge']['cat']['alpha']}-n2-s0"

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from mergeflow.errors import MergeflowError
+from mergeflow.io import hash_tensor, load_tensors, read_json, save_tensors, write_json
+
+
+def test_roundtrip_and_no_temp_left(tmp_path):
+    save_tensors(tmp_path / "a.safetensors", {"x": torch.arange(6).view(2, 3)}, {"k": "v"})
+    assert torch.equal(load_tensors(tmp_path / "a.safetensors")["x"], torch.arange(6).view(2, 3))
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1, 2]})
+    assert read_json(tmp_path / "m.json") == {"a": None, "b": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "m.json"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "bad.json", {"x": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"x": torch.ones(100)})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(MergeflowError, match="unreadable or truncated"):
+        load_tensors(path)
+    with pytest.raises(MergeflowError, match="file not found"):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_hash_tensor_depends_on_content():
+    assert hash_tensor(torch.tensor([1, 2])) != hash_tensor(torch.tensor([2, 1]))

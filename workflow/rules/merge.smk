@@ -1,0 +1,25 @@
+rule merge:
+    input:
+        "models/base",
+        expand("models/heads/{task}.safetensors", task=TASKS),
+        expand("models/experts/{task}.safetensors", task=TASKS),
+        expand("data/prepared/{task}", task=TASKS),
+        "reports/metrics/individual.json",
+        run_stats,
+    output:
+        "models/merged/{run}.safetensors",
+        "reports/merge/{run}.json",
+        "reports/metrics/{run}.json",
+    wildcard_constraints:
+        run="|".join(RUNS),
+    params:
+        hparams=run_params,
+        evaluate=config["evaluate"],
+    log:
+        "logs/merge/{run}.log",
+    benchmark:
+        "logs/benchmarks/merge/{run}.tsv"
+    conda:
+        "../envs/mergeflow.yaml"
+    shell:
+        "mergeflow merge --method {wildcards.run} --evaluate > {log} 2>&1"

@@ -1,0 +1,20 @@
+rule report:
+    input:
+        expand("reports/metrics/{model}.json", model=CFG.models()),
+        expand("reports/merge/{run}.json", run=RUNS),
+        expand("data/prepared/{task}", task=TASKS),
+    output:
+        "reports/report.html",
+        "reports/results.csv",
+        directory("reports/figures"),
+    params:
+        merge=config["merge"],
+        sweeps=config["sweeps"],
+    log:
+        "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
+    conda:
+        "../envs/mergeflow.yaml"
+    shell:
+        "mergeflow report > {log} 2>&1"
