@@ -13,7 +13,7 @@ STAGES = {
     "fetch": "put a task's raw data under data/raw/<task>/ (generate, download or check)",
     "prepare": "decode and resize a task's train/val/test splits into data/prepared/<task>/",
     "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
-    "heads": "build a task's zero-shot head from the text tower",
+    "heads": "build the zero-shot heads of every task (or one) from the text tower",
     "finetune": "fine-tune the image encoder on a task: models/experts/<task>.safetensors",
     "exemplars": "sample seeded exemplar indices of a task: data/exemplars/<task>.json",
     "features": "per-layer statistics of a task for a variant: data/features/<variant>/<task>.safetensors",
@@ -30,9 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
-        if name in ("fetch", "prepare", "heads", "finetune", "exemplars"):
+        if name in ("fetch", "prepare", "finetune", "exemplars"):
             p.add_argument("--task", required=True)
-        if name == "features":
+        if name in ("heads", "features"):
+            # one process for all tasks: these stages are cheap next to open_clip's start-up
             p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
         if name == "features":
             p.add_argument("--variant", required=True, help="<kind>-a<scale>-n<count>-s<seed>, e.g. gram-a0.4-n2-s0")
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--method", required=True, help="a method of merge.methods or a sweep run <method>--<param>-<value>")
             p.add_argument("--evaluate", action="store_true", help="also write reports/metrics/<run>.json (saves a start-up)")
         if name == "evaluate":
-            p.add_argument("--model", required=True, help="zeroshot | individual | <merge run>")
+            p.add_argument("--model", required=True, nargs="+", help="zeroshot | individual | <merge run> (several: one process)")
     return parser
 
 
@@ -63,7 +64,8 @@ def _run(args: argparse.Namespace) -> None:
     elif stage == "base":
         stages.base(cfg)
     elif stage == "heads":
-        stages.heads(cfg, args.task)
+        for task in [args.task] if args.task else cfg.tasks:
+            stages.heads(cfg, task)
     elif stage == "finetune":
         stages.finetune(cfg, args.task)
     elif stage == "exemplars":
@@ -76,7 +78,8 @@ def _run(args: argparse.Namespace) -> None:
         if args.evaluate:
             stages.evaluate(cfg, args.method)
     elif stage == "evaluate":
-        stages.evaluate(cfg, args.model)
+        for model in args.model:
+            stages.evaluate(cfg, model)
     elif stage == "report":
         from mergeflow.report import build_report
 

@@ -19,7 +19,7 @@ rule features:
     input:
         "models/base",
         expand("models/experts/{task}.safetensors", task=TASKS),
-        expand("models/heads/{task}.safetensors", task=TASKS),
+        "models/heads",
         expand("data/exemplars/{task}.json", task=TASKS),
         expand("data/prepared/{task}", task=TASKS),
     output:

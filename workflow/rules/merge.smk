@@ -1,7 +1,7 @@
 rule merge:
     input:
         "models/base",
-        expand("models/heads/{task}.safetensors", task=TASKS),
+        "models/heads",
         expand("models/experts/{task}.safetensors", task=TASKS),
         expand("data/prepared/{task}", task=TASKS),
         "reports/metrics/individual.json",

@@ -85,7 +85,7 @@ def _polygon(cx: float, cy: float, r: float, n: int, rot: float) -> list[tuple[f
 def _clutter_background(rng: np.random.Generator) -> Image.Image:
     img = Image.new("RGB", (_BIG, _BIG), _colour(rng))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 8))):
+    for _ in range(int(rng.integers(2, 5))):
         x0, y0 = rng.integers(-10, _BIG, 2)
         w, h = rng.integers(8, 40, 2)
         shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
@@ -98,17 +98,17 @@ def draw_clutter_digit(rng: np.random.Generator, label: int) -> np.ndarray:
     img = _clutter_background(rng)
     draw = ImageDraw.Draw(img)
     fonts = _fonts()
-    font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(34, 46)))
+    font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(40, 48)))
     fg = _contrasting(rng, img.getpixel((_BIG // 2, _BIG // 2)), 110)
-    cx, cy = _BIG / 2 + rng.uniform(-4, 4), _BIG / 2 + rng.uniform(-3, 3)
+    cx, cy = _BIG / 2 + rng.uniform(-1.5, 1.5), _BIG / 2 + rng.uniform(-1.5, 1.5)
     for dx in (-0.85, 0.85):  # neighbouring house-number digits, mostly outside the crop
-        if rng.random() < 0.6:
+        if rng.random() < 0.4:
             _text(draw, (cx + dx * _BIG * 0.75, cy), str(int(rng.integers(10))), font, fg)
     _text(draw, (cx, cy), str(label), font, fg)
     return _finish(img, rng, 8.0)
 
 
-LETTERS = list("ABCDEFGHJKLMNPRSTUWY")
+LETTERS = list("ACEFHKMPRTWY")
 
 
 def draw_letter(rng: np.random.Generator, label: int) -> np.ndarray:
@@ -117,10 +117,10 @@ def draw_letter(rng: np.random.Generator, label: int) -> np.ndarray:
     img = Image.new("RGB", (_BIG, _BIG), bg)
     draw = ImageDraw.Draw(img)
     fonts = _fonts()
-    font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(36, 50)))
-    _text(draw, (_BIG / 2 + rng.uniform(-5, 5), _BIG / 2 + rng.uniform(-5, 5)), LETTERS[label], font,
+    font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(40, 48)))
+    _text(draw, (_BIG / 2 + rng.uniform(-1.5, 1.5), _BIG / 2 + rng.uniform(-1.5, 1.5)), LETTERS[label], font,
           _contrasting(rng, bg))
-    img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR, fillcolor=bg)
+    img = img.rotate(float(rng.uniform(-6, 6)), resample=Image.Resampling.BILINEAR, fillcolor=bg)
     return _finish(img, rng)
 
 
@@ -168,8 +168,8 @@ def draw_shape(rng: np.random.Generator, label: int) -> np.ndarray:
     fg = _contrasting(rng, bg)
     img = Image.new("RGB", (_BIG, _BIG), bg)
     draw = ImageDraw.Draw(img)
-    r = float(rng.uniform(12, 20))
-    cx, cy = (_BIG / 2 + rng.uniform(-8, 8) for _ in range(2))
+    r = float(rng.uniform(15, 19))
+    cx, cy = (_BIG / 2 + rng.uniform(-2, 2) for _ in range(2))
     _shape(draw, SHAPES[label], cx, cy, r, float(rng.uniform(-0.2, 0.2)), fg, bg)
     return _finish(img, rng)
 
@@ -313,8 +313,8 @@ def draw_sign(rng: np.random.Generator, label: int) -> np.ndarray:
     img = img.filter(ImageFilter.GaussianBlur(2))
     draw = ImageDraw.Draw(img)
     name = SIGNS[label]
-    r = float(rng.uniform(20, 27))
-    cx, cy = (_BIG / 2 + rng.uniform(-4, 4) for _ in range(2))
+    r = float(rng.uniform(22, 27))
+    cx, cy = (_BIG / 2 + rng.uniform(-2, 2) for _ in range(2))
     box = [cx - r, cy - r, cx + r, cy + r]
     font = _font(_fonts()[1], int(r * 0.95))
     if name.startswith("speed limit"):

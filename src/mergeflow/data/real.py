@@ -21,8 +21,9 @@ _ANY_ERROR = (RuntimeError, OSError, FileNotFoundError, ValueError, KeyError, In
 
 
 def _tv():
-    from mergeflow import _torchvision_compat  # noqa: F401  (must precede the torchvision import)
     import torchvision.datasets as tvd
+
+    from mergeflow import _torchvision_compat  # noqa: F401  (must precede the torchvision import)
 
     return tvd
 

@@ -6,6 +6,7 @@ Our architectures are data: JSON files in ``configs/`` registered with open_clip
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache
 from pathlib import Path
@@ -36,7 +37,7 @@ def known_architectures() -> list[str]:
 
 def _check_arch(arch: str) -> None:
     if arch not in known_architectures():
-        raise MergeflowError(f"unknown model architecture {arch!r}; e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
+        raise MergeflowError(f"model.arch: unknown architecture {arch!r}; e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
 
 
 def model_config(arch: str) -> dict:
@@ -102,7 +103,14 @@ def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> tor
     oc = _open_clip()
     if pretrained is None or Path(pretrained).is_file():
         torch.manual_seed(seed)
-        model = oc.create_model(arch, pretrained=None)
+        # open_clip warns on the root logger that no pretrained weights were loaded: intended here.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            model = oc.create_model(arch, pretrained=None)
+        finally:
+            root.setLevel(level)
         if pretrained is not None:
             load_state_checked(model, _read_checkpoint(Path(pretrained)), str(pretrained))
         return model.eval()

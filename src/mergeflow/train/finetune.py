@@ -40,5 +40,5 @@ def finetune(classifier: ImageClassifier, images: torch.Tensor, labels: torch.Te
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": round(float(loss), 5), "lr": sched.get_last_lr()[0]})
+            curve.append({"step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0]})
     return {"loss_curve": curve, "wall_s": round(time.time() - start, 2)}

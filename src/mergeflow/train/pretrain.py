@@ -56,5 +56,5 @@ def pretrain_clip(model, arch: str, datasets: dict[str, tuple[torch.Tensor, torc
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
-        curve.append(round(float(loss), 5))
+        curve.append(round(loss.item(), 5))
     return {"loss": curve, "wall_s": round(time.time() - start, 2), "steps": steps}

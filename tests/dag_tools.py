@@ -1,0 +1,62 @@
+"""Read the DAG each engine would run, as {command: (inputs, outputs)}, for tests that compare them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent  # the venv's bin: mergeflow, dvc, snakemake
+
+
+def engine_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+            "DVC_NO_ANALYTICS": "1"}
+
+
+def _strip_redirect(cmd: str) -> str:
+    return re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip())
+
+
+def snakemake_jobs(root: Path, *extra: str) -> dict[str, tuple[set[str], set[str]]]:
+    """The jobs of ``snakemake -n -p`` (add ``--forceall`` for the whole DAG): command → (inputs, outputs)."""
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", *extra], cwd=root, env=engine_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    jobs, inputs, outputs = {}, set(), set()
+    for line in out.stdout.splitlines():
+        s = line.strip()
+        if s.startswith("rule ") and s.endswith(":"):
+            inputs, outputs = set(), set()
+        elif s.startswith("input:"):
+            inputs = {p.strip() for p in s[len("input:"):].split(",") if p.strip()}
+        elif s.startswith("output:"):
+            outputs = {p.strip() for p in s[len("output:"):].split(",") if p.strip()}
+        elif s.startswith("Shell command:") or s.startswith("mergeflow "):
+            cmd = _strip_redirect(s.removeprefix("Shell command:"))
+            if cmd and cmd != "None":  # rule all has no command
+                jobs[cmd] = (inputs, outputs)
+    return jobs
+
+
+def dvc_stages(root: Path) -> dict[str, tuple[set[str], set[str]]]:
+    """Every stage of dvc.yaml: command → (path dependencies, outputs incl. metrics and plots)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {stage.cmd.strip(): ({d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)},
+                                    {o.def_path for o in stage.outs})
+                for stage in repo.index.stages if stage.cmd}
+
+
+def dvc_stage_params(root: Path) -> dict[str, set[str]]:
+    """Every stage of dvc.yaml: command → the params keys it depends on."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {stage.cmd.strip(): {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
+                for stage in repo.index.stages if stage.cmd}
