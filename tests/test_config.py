@@ -76,3 +76,10 @@ def test_lot_and_regmean_share_statistics_and_cat_alpha_is_in_its_variant():
     cfg = config.load("params.yaml")
     assert cfg.run("lot").variants == cfg.run("regmean").variants
     assert cfg.run("cat").variants[0].name == f"gram-a{cfg.raw['merge']['cat']['alpha']}-n2-s0"
+
+
+def test_clip8_config_loads():
+    cfg = config.load("configs/clip8.yaml")
+    assert cfg.model.arch == "ViT-B-32" and cfg.model.pretrained == "openai"
+    assert sorted(cfg.tasks) == sorted(["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"])
+    assert cfg.finetune.lr == 1e-5 and cfg.finetune.batch_size == 128

@@ -96,6 +96,8 @@ def base(cfg: Config) -> Path:
 def _load_base():
     from mergeflow.models import load_base
 
+    if not (paths.BASE / "config.json").is_file():
+        raise MergeflowError(f"{paths.BASE}: not found; run `mergeflow base` first (or the whole pipeline)")
     return load_base(paths.BASE)
 
 

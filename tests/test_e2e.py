@@ -1,0 +1,132 @@
+"""Both engines end to end on the tiny configuration, the same metrics from each, and selective reruns.
+
+Slow (a few minutes): every stage is a fresh `mergeflow` process, as in a real run.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dag_tools import BIN, engine_env, snakemake_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
+PIPELINE = ["dvc.yaml", "Snakefile", "workflow"]
+
+
+def _workspace(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, path / name)
+    shutil.copy(TINY, path / "params.yaml")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=engine_env(), capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def _dvc_repro(ws: Path) -> set[str]:
+    """Run ``dvc repro``; the names of the stages it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", _run([str(BIN / "dvc"), "repro"], ws)))
+
+
+def _edit(ws: Path, fn) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    fn(params)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _metrics(ws: Path) -> dict[str, dict]:
+    return {p.stem: {t: v["accuracy"] for t, v in json.loads(p.read_text())["tasks"].items()}
+            for p in sorted((ws / "reports" / "metrics").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def dvc_ws(tmp_path_factory):
+    ws = _workspace(tmp_path_factory.mktemp("dvc"))
+    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
+    ran = _dvc_repro(ws)
+    assert {"base", "heads", "reference", "report", "merge@cat", "merge@lot"} <= ran
+    return ws
+
+
+@pytest.fixture(scope="module")
+def smk_ws(tmp_path_factory):
+    ws = _workspace(tmp_path_factory.mktemp("smk"))
+    _run([str(BIN / "snakemake"), "--cores", "2"], ws)
+    return ws
+
+
+def test_dvc_runs_every_method_and_writes_the_report(dvc_ws):
+    methods = yaml.safe_load(TINY.read_text())["merge"]["methods"]
+    metrics = _metrics(dvc_ws)
+    assert {"zeroshot", "individual", *methods, "cat--lambda-1.0", "lot--exemplars-4"} <= set(metrics)
+    html = (dvc_ws / "reports" / "report.html").read_text()
+    assert "<img src=\"data:image/png;base64," in html and "git commit" in html.lower()
+    results = (dvc_ws / "reports" / "results.csv").read_text().splitlines()
+    assert results[0].startswith("method,") and len(results) >= 1 + len(methods)
+    assert (dvc_ws / "reports" / "figures" / "heatmap.png").is_file()
+
+
+def test_snakemake_gives_the_same_metrics(dvc_ws, smk_ws):
+    assert _metrics(smk_ws) == _metrics(dvc_ws)
+
+
+def test_changing_cat_lambda_reruns_only_cat(dvc_ws, smk_ws):
+    def change(p):
+        p["merge"]["cat"]["lambda"] = 7.0
+
+    _edit(smk_ws, change)
+    jobs = snakemake_jobs(smk_ws)
+    assert set(jobs) == {"mergeflow merge --method cat --evaluate", "mergeflow merge --method cat--c-1 --evaluate",
+                         "mergeflow report"}, sorted(jobs)
+    _edit(dvc_ws, change)
+    assert _dvc_repro(dvc_ws) == {"merge@cat", "sweep_cat_c@1", "report"}
+
+
+def test_changing_cat_alpha_adds_cat_features(dvc_ws):
+    _edit(dvc_ws, lambda p: p["merge"]["cat"].update(alpha=0.6))
+    ran = _dvc_repro(dvc_ws)
+    assert "merge@cat" in ran and "report" in ran
+    assert any(s.startswith("features") for s in ran), ran
+    assert not any(s.startswith(("finetune", "merge@lot", "merge@ties", "base", "heads")) for s in ran), ran
+    assert (dvc_ws / "data" / "features" / "gram-a0.6-n2-s0").is_dir()
+
+
+def test_changing_finetune_reruns_experts_and_everything_after(dvc_ws):
+    _edit(dvc_ws, lambda p: p["finetune"].update(steps=6))
+    ran = _dvc_repro(dvc_ws)
+    assert {"finetune@digits", "finetune@shapes", "reference", "merge@task_arithmetic", "merge@cat", "report"} <= ran
+    assert not any(s.startswith(("fetch", "prepare", "base", "heads", "exemplars")) for s in ran), ran
+
+
+@pytest.mark.parametrize("engine", ["dvc", "snakemake"])
+def test_bad_params_stop_before_any_work(tmp_path, engine):
+    ws = _workspace(tmp_path / engine)
+    _edit(ws, lambda p: p["merge"]["methods"].append("foo"))
+    if engine == "dvc":
+        _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
+        cmd = [str(BIN / "dvc"), "repro"]
+    else:
+        cmd = [str(BIN / "snakemake"), "--cores", "1"]
+    out = subprocess.run(cmd, cwd=ws, env=engine_env(), capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "'foo': must be one of weight_averaging" in out.stdout + out.stderr
+    assert not (ws / "data" / "raw").exists() or not any((ws / "data" / "raw").iterdir())
+
+
+def test_missing_upstream_artifact_is_named(tmp_path):
+    ws = _workspace(tmp_path)
+    out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "cat"], cwd=ws, env=engine_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "models/base" in out.stderr and "mergeflow base" in out.stderr
