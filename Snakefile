@@ -6,6 +6,11 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
+# mergeflow's own check first: one line naming the key, the value and what is allowed (validate() below
+# would dump the whole schema), plus what a schema cannot say (known tasks and methods, sweep values).
+from mergeflow.config import from_mapping
+
+from_mapping(config, "params.yaml")
 validate(config, "workflow/schemas/params.schema.yaml")
 
 include: "workflow/rules/common.smk"

@@ -15,7 +15,7 @@ STAGES = {
     "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
     "heads": "build the zero-shot heads of every task (or one) from the text tower",
     "finetune": "fine-tune the image encoder on a task: models/experts/<task>.safetensors",
-    "exemplars": "sample seeded exemplar indices of a task: data/exemplars/<task>.json",
+    "exemplars": "sample seeded exemplar indices of every task (or one): data/exemplars/<task>.json",
     "features": "per-layer statistics of a task for a variant: data/features/<variant>/<task>.safetensors",
     "merge": "merge the experts with one configured run: models/merged/<run>.safetensors",
     "evaluate": "test accuracy of zeroshot, individual or a merged model: reports/metrics/<model>.json",
@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
-        if name in ("fetch", "prepare", "finetune", "exemplars"):
+        if name in ("fetch", "prepare", "finetune"):
             p.add_argument("--task", required=True)
-        if name in ("heads", "features"):
+        if name in ("heads", "exemplars", "features"):
             # one process for all tasks: these stages are cheap next to open_clip's start-up
             p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
         if name == "features":
@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace) -> None:
     elif stage == "finetune":
         stages.finetune(cfg, args.task)
     elif stage == "exemplars":
-        stages.exemplars(cfg, args.task, args.seed)
+        for task in [args.task] if args.task else cfg.tasks:
+            stages.exemplars(cfg, task, args.seed)
     elif stage == "features":
         for task in [args.task] if args.task else cfg.tasks:
             stages.features(cfg, task, args.variant)

@@ -249,7 +249,12 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise MergeflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    validate(raw, str(path))
-    cfg = Config(raw, str(path))
+    return from_mapping(raw, str(path))
+
+
+def from_mapping(raw: Any, source: str = "params.yaml") -> Config:
+    """Validate and type an already-parsed params mapping (Snakemake's ``config``)."""
+    validate(raw, source)
+    cfg = Config(raw, source)
     _check_semantics(cfg)
     return cfg

@@ -2,7 +2,7 @@
 # so that the CLI, DVC and Snakemake agree on names.
 from mergeflow import config as mf_config
 
-CFG = mf_config.Config(config, "params.yaml")
+CFG = mf_config.from_mapping(config, "params.yaml")
 TASKS = CFG.tasks
 RUNS = {run.name: run for run in CFG.merge_runs()}
 VARIANTS = [v.name for v in CFG.variants()]

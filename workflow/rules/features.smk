@@ -1,18 +1,20 @@
 rule exemplars:
+    # one process for every task (sampling indices costs nothing next to a Python start-up)
     input:
-        "data/prepared/{task}",
+        expand("data/prepared/{task}", task=TASKS),
     output:
-        "data/exemplars/{task}.json",
+        directory("data/exemplars"),
     params:
+        tasks=TASKS,
         exemplars=config["exemplars"],
     log:
-        "logs/exemplars/{task}.log",
+        "logs/exemplars.log",
     benchmark:
-        "logs/benchmarks/exemplars/{task}.tsv"
+        "logs/benchmarks/exemplars.tsv"
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow exemplars --task {wildcards.task} > {log} 2>&1"
+        "mergeflow exemplars > {log} 2>&1"
 
 
 rule features:
@@ -20,7 +22,7 @@ rule features:
         "models/base",
         expand("models/experts/{task}.safetensors", task=TASKS),
         "models/heads",
-        expand("data/exemplars/{task}.json", task=TASKS),
+        "data/exemplars",
         expand("data/prepared/{task}", task=TASKS),
     output:
         directory("data/features/{variant}"),
