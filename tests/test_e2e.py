@@ -130,3 +130,21 @@ def test_missing_upstream_artifact_is_named(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "models/base" in out.stderr and "mergeflow base" in out.stderr
+
+
+def test_features_with_a_mismatched_expert_leave_no_artifact(dvc_ws):
+    expert = dvc_ws / "models" / "experts" / "digits.safetensors"
+    saved = expert.read_bytes()
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(expert))
+    state.pop("proj")
+    save_file(state, str(expert))
+    try:
+        out = subprocess.run([str(BIN / "mergeflow"), "features", "--task", "digits", "--variant", "gram-a0.5-n2-s0"],
+                             cwd=dvc_ws, env=engine_env(), capture_output=True, text=True)
+    finally:
+        expert.write_bytes(saved)
+    assert out.returncode == 2
+    assert "digits.safetensors: does not match the base" in out.stderr and "proj" in out.stderr
+    assert not (dvc_ws / "data" / "features" / "gram-a0.5-n2-s0" / "digits.safetensors").exists()
