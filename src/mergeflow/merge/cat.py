@@ -41,14 +41,18 @@ def gram_factor(gram: torch.Tensor, rows: int, generator: torch.Generator) -> to
     return vecs[:, keep] * vals[keep].sqrt()
 
 
-def cat_basis(ws: list[torch.Tensor], factors: list[torch.Tensor], k: int, c: int, lam: float, order: str):
-    """Eigen-pairs of ``M_k = Σ_{i≠k} W_i (G_k − λ G_i) W_iᵀ`` chosen by ``order``; returns (basis, values, spectrum)."""
+def cat_basis(ws: list[torch.Tensor], factors: list[torch.Tensor], k: int, c: int, lam: float, order: str,
+              own_all: list[torch.Tensor] | None = None):
+    """Eigen-pairs of ``M_k = Σ_{i≠k} W_i (G_k − λ G_i) W_iᵀ`` chosen by ``order``; returns (basis, values, spectrum).
+
+    ``own_all[i] = W_i L_i`` does not depend on ``k``: callers looping over k pass it once.
+    """
     others = [i for i in range(len(ws)) if i != k]
     d_out = ws[0].shape[0]
     if not others or c == 0:
         return ws[0].new_zeros(d_out, 0), ws[0].new_zeros(0), ws[0].new_zeros(0)
     drift = [ws[i] @ factors[k] for i in others]  # W_i L_k: the drift term's factor
-    own = [ws[i] @ factors[i] for i in others]  # W_i L_i: task i's own output change
+    own = [own_all[i] if own_all is not None else ws[i] @ factors[i] for i in others]  # W_i L_i
     width = sum(a.shape[1] for a in drift + own)
     if order == "bottom" or d_out <= width:
         m = sum(a @ a.t() for a in drift) - lam * sum(b @ b.t() for b in own)
@@ -76,9 +80,10 @@ def _trim_linear(key, vectors, tasks, stats, hp, generator, diag):
     mats = {t: as_matrix(key, vectors[t][key]).clone() for t in tasks}
     for b, rows in enumerate(blocks):
         ws = [mats[t][rows] for t in tasks]
+        own_all = [w @ f for w, f in zip(ws, factors, strict=True)]
         bases = []
         for k, t in enumerate(tasks):
-            basis, chosen, spectrum = cat_basis(ws, factors, k, hp["c"], hp["lambda"], hp["eig_order"])
+            basis, chosen, spectrum = cat_basis(ws, factors, k, hp["c"], hp["lambda"], hp["eig_order"], own_all)
             bases.append(basis)
             positive = spectrum[spectrum > 0].sum()
             unit = key if len(blocks) == 1 else f"{key}[{'qkv'[b]}]"
