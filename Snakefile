@@ -6,14 +6,13 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
-# mergeflow's own check first: one line naming the key, the value and what is allowed (validate() below
-# would dump the whole schema), plus what a schema cannot say (known tasks and methods, sweep values).
-from mergeflow.config import from_mapping
+# common.smk first: its mergeflow.config.from_mapping() checks the params with one-line errors naming the
+# key, the value and what is allowed (validate() would dump the whole schema), and what a schema cannot say.
+include: "workflow/rules/common.smk"
 
-from_mapping(config, "params.yaml")
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/features.smk"

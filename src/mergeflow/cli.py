@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tasks(args: argparse.Namespace, cfg) -> list[str]:
+    """``--task`` when given, else every task of ``data.tasks`` (the all-task stages)."""
+    return [args.task] if args.task else list(cfg.tasks)
+
+
 def _run(args: argparse.Namespace) -> None:
     from mergeflow import config, stages
 
@@ -64,15 +69,15 @@ def _run(args: argparse.Namespace) -> None:
     elif stage == "base":
         stages.base(cfg)
     elif stage == "heads":
-        for task in [args.task] if args.task else cfg.tasks:
+        for task in _tasks(args, cfg):
             stages.heads(cfg, task)
     elif stage == "finetune":
         stages.finetune(cfg, args.task)
     elif stage == "exemplars":
-        for task in [args.task] if args.task else cfg.tasks:
+        for task in _tasks(args, cfg):
             stages.exemplars(cfg, task, args.seed)
     elif stage == "features":
-        for task in [args.task] if args.task else cfg.tasks:
+        for task in _tasks(args, cfg):
             stages.features(cfg, task, args.variant)
     elif stage == "merge":
         stages.merge(cfg, args.method)
