@@ -34,7 +34,9 @@ def test_same_inputs(dags):
     dvc, smk = dags
     for cmd in dvc:
         dvc_in, smk_in = dvc[cmd][0], smk[cmd][0]
-        assert all(_covered(p, dvc_in) for p in smk_in), (cmd, smk_in - dvc_in)
+        # Snakemake cannot name a part of another rule's directory() output, so where DVC depends on
+        # data/prepared/<task> Snakemake depends on data/prepared: a coarser input of the same stage
+        assert all(_covered(p, dvc_in) or any(_covered(d, {p}) for d in dvc_in) for p in smk_in), (cmd, smk_in - dvc_in)
         assert all(any(_covered(s, {p}) or _covered(p, {s}) for s in smk_in) for p in dvc_in), (cmd, dvc_in - smk_in)
 
 

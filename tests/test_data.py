@@ -77,3 +77,15 @@ def test_real_dataset_missing_names_folder_and_layout(tmp_path):
         load_split("MNIST", "test", tmp_path)
     with pytest.raises(MergeflowError, match="cannot be downloaded automatically"):
         get_task("Cars").fetch(tmp_path / "Cars", {})
+
+
+def test_validation_split_is_the_task_vectors_random_split():
+    from torch.utils.data import random_split
+
+    from mergeflow.data.registry import split_indices
+
+    n, n_val = 1234, 123
+    train, val = random_split(range(n), [n - n_val, n_val], generator=torch.Generator().manual_seed(0))
+    assert split_indices(n, "val", 0.1, 5000, 0).tolist() == sorted(val.indices)
+    assert split_indices(n, "train", 0.1, 5000, 0).tolist() == sorted(train.indices)
+    assert len(split_indices(100_000, "val", 0.1, 5000, 0)) == 5000

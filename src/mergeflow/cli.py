@@ -10,8 +10,8 @@ import argparse
 import sys
 
 STAGES = {
-    "fetch": "put a task's raw data under data/raw/<task>/ (generate, download or check)",
-    "prepare": "decode and resize a task's train/val/test splits into data/prepared/<task>/",
+    "fetch": "put every task's (or one task's) raw data under data/raw/<task>/ (generate, download or check)",
+    "prepare": "decode and resize every task's (or one's) train/val/test splits into data/prepared/<task>/",
     "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
     "heads": "build the zero-shot heads of every task (or one) from the text tower",
     "finetune": "fine-tune the image encoder on a task: models/experts/<task>.safetensors",
@@ -30,10 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
-        if name in ("fetch", "prepare", "finetune"):
+        if name == "finetune":
             p.add_argument("--task", required=True)
-        if name in ("heads", "exemplars", "features"):
-            # one process for all tasks: these stages are cheap next to open_clip's start-up
+        if name in ("fetch", "prepare", "heads", "exemplars", "features"):
+            # one process for all tasks: these stages are cheap next to torch's and open_clip's start-up
             p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
         if name == "features":
             p.add_argument("--variant", required=True, help="<kind>-a<scale>-n<count>-s<seed>, e.g. gram-a0.4-n2-s0")
@@ -63,9 +63,11 @@ def _run(args: argparse.Namespace) -> None:
         get_task(args.task)  # unknown name: lists the known tasks
         raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
     if stage == "fetch":
-        stages.fetch(cfg, args.task)
+        for task in _tasks(args, cfg):
+            stages.fetch(cfg, task)
     elif stage == "prepare":
-        stages.prepare(cfg, args.task)
+        for task in _tasks(args, cfg):
+            stages.prepare(cfg, task)
     elif stage == "base":
         stages.base(cfg)
     elif stage == "heads":

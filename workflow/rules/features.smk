@@ -1,7 +1,7 @@
 rule exemplars:
     # one process for every task (sampling indices costs nothing next to a Python start-up)
     input:
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
     output:
         directory("data/exemplars"),
     params:
@@ -23,7 +23,7 @@ rule features:
         expand("models/experts/{task}.safetensors", task=TASKS),
         "models/heads",
         "data/exemplars",
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
     output:
         directory("data/features/{variant}"),
     wildcard_constraints:

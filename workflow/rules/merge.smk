@@ -3,7 +3,7 @@ rule merge:
         "models/base",
         "models/heads",
         expand("models/experts/{task}.safetensors", task=TASKS),
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
         "reports/metrics/individual.json",
         run_stats,
     output:

@@ -1,6 +1,6 @@
 rule base:
     input:
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
     output:
         directory("models/base"),
     params:
@@ -21,7 +21,7 @@ rule heads:
     # one process for every task: a head costs milliseconds, open_clip's start-up seconds
     input:
         "models/base",
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
     output:
         directory("models/heads"),
     params:
@@ -40,7 +40,7 @@ rule finetune:
     input:
         "models/base",
         "models/heads",
-        "data/prepared/{task}",
+        "data/prepared",
     output:
         "models/experts/{task}.safetensors",
         "models/experts/{task}.log.json",
@@ -63,7 +63,7 @@ rule reference:
         "models/base",
         "models/heads",
         expand("models/experts/{task}.safetensors", task=TASKS),
-        expand("data/prepared/{task}", task=TASKS),
+        "data/prepared",
     output:
         "reports/metrics/zeroshot.json",
         "reports/metrics/individual.json",

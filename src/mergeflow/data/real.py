@@ -9,6 +9,7 @@ templates are CLIP's (as used by the task_vectors code); where the dataset itsel
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -21,11 +22,10 @@ _ANY_ERROR = (RuntimeError, OSError, FileNotFoundError, ValueError, KeyError, In
 
 
 def _tv():
-    import torchvision.datasets as tvd
-
     from mergeflow import _torchvision_compat  # noqa: F401  (must precede the torchvision import)
 
-    return tvd
+    # import_module, not an import statement: an import sorter would move that above the line before
+    return importlib.import_module("torchvision.datasets")
 
 
 def _open(task: str, raw_dir: Path, layout: str, build):

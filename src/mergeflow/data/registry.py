@@ -61,12 +61,14 @@ def get_task(name: str) -> TaskSpec:
 def val_indices(n_train: int, val_fraction: float = 0.1, max_val: int = 5000, seed: int = 0) -> torch.Tensor:
     """Indices of the validation part of a train split: ``min(⌊fraction·n⌋, max_val)``, seeded.
 
-    The task_vectors protocol: validation is 10 % of train, at most 5000, drawn with seed 0; the rest
-    stays train. Returned sorted, so that a split's order never depends on the permutation.
+    The task_vectors protocol: validation is 10 % of train, at most 5000, and is the second part of
+    ``torch.utils.data.random_split(train, [n - n_val, n_val], generator=Generator().manual_seed(seed))``,
+    so the same images as theirs; the rest stays train. Returned sorted, so that a split's order never
+    depends on the permutation.
     """
     n_val = min(int(n_train * val_fraction), max_val)
     perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
-    return perm[:n_val].sort().values
+    return perm[n_train - n_val:].sort().values
 
 
 def split_indices(n_train: int, split: str, val_fraction: float, max_val: int, seed: int) -> torch.Tensor:
