@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -5,8 +7,9 @@ from conftest import perturbed
 from mergeflow.errors import MergeflowError
 from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
-from mergeflow.merge.cat import cat_basis, gram_factor
+from mergeflow.merge.cat import cat_bases, gram_factor, project_out
 from mergeflow.merge.lot import lot_linear
+from mergeflow.merge.pcb import pcb_vector
 from mergeflow.merge.ties import ties_vector, trim
 
 
@@ -100,7 +103,7 @@ def test_cat_basis_maximises_objective():
     xs = [torch.randn(3, 8, generator=g) for _ in range(3)]
     factors = [gram_factor(x.t() @ x, 3, g) for x in xs]
     lam, c = 0.5, 3
-    basis, values, _ = cat_basis(ws, factors, 0, c, lam, "top")
+    basis, values, _ = cat_bases(ws, factors, c, lam, "top")[0]
     m = sum(ws[i] @ (xs[0].t() @ xs[0] - lam * xs[i].t() @ xs[i]) @ ws[i].t() for i in (1, 2))
     eig = torch.linalg.eigvalsh(m).flip(0)
     expected = eig[:c][eig[:c] > 0].sum()
@@ -108,6 +111,51 @@ def test_cat_basis_maximises_objective():
     for _ in range(50):
         q, _ = torch.linalg.qr(torch.randn(12, basis.shape[1], generator=g))
         assert torch.trace(q.t() @ m @ q) <= expected + 1e-4
+
+
+def _explicit_m(ws, xs, k, lam):
+    return sum(ws[i] @ (xs[k].t() @ xs[k] - lam * xs[i].t() @ xs[i]) @ ws[i].t() for i in range(len(ws)) if i != k)
+
+
+def test_cat_span_path_matches_the_explicit_eigenproblem():
+    # d_out = 40 > joint width 2 · (2 + 2): the basis is found in the span of [Y_k, O_{-k}], never 40 × 40
+    g = torch.Generator().manual_seed(2)
+    ws = [torch.randn(40, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    xs = [torch.randn(2, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    factors = [gram_factor(x.t() @ x, 2, g) for x in xs]
+    for k, (basis, values, drift) in enumerate(cat_bases(ws, factors, 3, 0.3, "top")):
+        m = _explicit_m(ws, xs, k, 0.3)
+        eig = torch.linalg.eigvalsh(m).flip(0)[:3]
+        torch.testing.assert_close(values, eig[eig > 0])
+        torch.testing.assert_close(basis.t() @ basis, torch.eye(basis.shape[1], dtype=basis.dtype))
+        torch.testing.assert_close(basis.t() @ m @ basis, torch.diag(values))
+        torch.testing.assert_close(drift, float(sum((ws[i] @ xs[k].t()).square().sum() for i in range(3) if i != k)))
+
+
+def test_cat_bottom_order_takes_the_smallest_eigenvalues():
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    xs = [torch.randn(4, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    factors = [gram_factor(x.t() @ x, 4, g) for x in xs]
+    basis, values, _ = cat_bases(ws, factors, 2, 2.0, "bottom")[1]
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(_explicit_m(ws, xs, 1, 2.0))[:2])
+    assert basis.shape == (6, 2)
+
+
+def test_cat_projections_apply_in_task_order():
+    # the bases of different tasks are not orthogonal: (I − B2 B2ᵀ)(I − B1 B1ᵀ) W ≠ the joint projection
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(10, 7, generator=g, dtype=torch.float64)
+    bases = [torch.linalg.qr(torch.randn(10, c, generator=g, dtype=torch.float64))[0] for c in (2, 3, 1)]
+    expected = w
+    for b in bases:
+        expected = expected - b @ (b.t() @ expected)
+    torch.testing.assert_close(project_out(w, bases, rescale=False), expected)
+    joint = torch.linalg.qr(torch.cat(bases, dim=1))[0]
+    assert (project_out(w, bases, rescale=False) - (w - joint @ (joint.t() @ w))).abs().max() > 1e-3
+    rescaled = project_out(w, bases, rescale=True)
+    torch.testing.assert_close(rescaled.norm(), w.norm())
+    torch.testing.assert_close(rescaled / rescaled.norm(), expected / expected.norm())
 
 
 def test_cat_huge_lambda_trims_no_linear_weight(setup):
@@ -168,3 +216,99 @@ def test_bad_inputs(setup):
     nan = {**experts, "t9": {**experts["t0"], "proj": experts["t0"]["proj"] * float("nan")}}
     with pytest.raises(MergeflowError, match="expert 't9': proj contains NaN"):
         merge("task_arithmetic", pre, nan)
+
+
+def _stats_for(grams=None, sqnorms=None, rows=10):
+    st = TaskStats()
+    for k, g in (grams or {}).items():
+        st.gram[k], st.rows[k] = g, rows
+    for k, e in (sqnorms or {}).items():
+        st.sqnorm[k], st.rows[k] = e, rows
+    return st
+
+
+def test_cat_layernorm_masks_zero_exactly_the_chosen_entries():
+    key, linear = "ln_post.weight", "transformer.resblocks.0.mlp.c_fc.weight"
+    pre = {key: torch.ones(4), linear: torch.zeros(2, 4)}  # the linear unit does not move
+    experts = {t: {key: torch.full((4,), 2.0), linear: torch.zeros(2, 4)} for t in ("t0", "t1")}  # T0 = T1 = 1
+    # energies (sqnorm / rows): e0 = [5, 1, 1, 1], e1 = [1, 1, 1, 6]; with λ_ln = 1:
+    # s_0 = T1² (e0 − e1) = [4, 0, 0, −5] → task 0 protects entry 0; s_1 = [−4, 0, 0, 5] → task 1 protects 3
+    stats = {t: _stats_for(grams={linear: torch.eye(4)}, sqnorms={key: torch.tensor(e)})
+             for t, e in (("t0", [50.0, 10, 10, 10]), ("t1", [10.0, 10, 10, 60]))}
+    diag = {}
+    out = merge("cat", pre, experts, stats=stats, diagnostics=diag, alpha=1.0, c_ln=1, lambda_ln=1.0)
+    torch.testing.assert_close(out[key] - pre[key], torch.tensor([1.0, 2.0, 2.0, 1.0]))
+    assert diag["ln_masked"][key] == [1, 1]
+    out = merge("cat", pre, experts, stats=stats, alpha=1.0, c_ln=1, lambda_ln=10.0)  # no positive score
+    torch.testing.assert_close(out[key] - pre[key], torch.full((4,), 2.0))
+
+
+def test_cat_split_qkv_trims_the_three_blocks_independently():
+    key = "transformer.resblocks.0.attn.in_proj_weight"
+    g = torch.Generator().manual_seed(5)
+    d = 6
+    pre = {key: torch.randn(3 * d, d, generator=g)}
+    experts = {f"t{i}": {key: pre[key] + 0.1 * torch.randn(3 * d, d, generator=g)} for i in range(3)}
+    stats = {t: _stats_for(grams={key: (lambda x: x.t() @ x)(torch.randn(3, d, generator=g))}, rows=3)
+             for t in experts}
+    changed = {t: {key: sd[key].clone()} for t, sd in experts.items()}
+    changed["t1"][key][d:2 * d] += torch.randn(d, d, generator=g)  # only task 1's k block moves
+    for split, same in ((True, True), (False, False)):
+        a = merge("cat", pre, experts, stats=stats, alpha=1.0, c=2, split_qkv=split)[key]
+        b = merge("cat", pre, changed, stats=stats, alpha=1.0, c=2, split_qkv=split)[key]
+        q_block_equal = torch.allclose(a[:d], b[:d], atol=1e-6)
+        v_block_equal = torch.allclose(a[2 * d:], b[2 * d:], atol=1e-6)
+        assert q_block_equal is same and v_block_equal is same, split
+
+
+def _pcb_reference(tau: list[list[float]], ratio: float) -> list[float]:
+    """algorithms.md's PCB, written out with Python lists."""
+    n, d = len(tau), len(tau[0])
+    clamped = []
+    for row in tau:
+        mags = sorted(abs(x) for x in row)
+        lo, hi = mags[int(0.0001 * d)], mags[max(int(0.9999 * d) - 1, 0)]
+        clamped.append([min(max(abs(x), lo), hi) for x in row])
+    scores = []
+    for t in range(n):
+        lo, hi = min(clamped[t]), max(clamped[t])
+        intra = [math.exp(n * ((m - lo) / max(hi - lo, 1e-12)) ** 2) for m in clamped[t]]
+        inter = [math.tanh(tau[t][j] * sum(tau[s][j] for s in range(n))) for j in range(d)]
+        score = [a * b for a, b in zip(intra, inter, strict=True)]
+        floor = sorted(score)[min(int((1 - ratio) * d), d - 1)]
+        score = [max(x, floor) for x in score]
+        lo, hi = min(score), max(score)
+        scores.append([(x - lo) / max(hi - lo, 1e-12) for x in score])
+    out = []
+    for j in range(d):
+        num = sum(scores[t][j] * math.copysign(clamped[t][j], tau[t][j]) * (tau[t][j] != 0) for t in range(n))
+        out.append(num / max(sum(scores[t][j] for t in range(n)), 1e-12))
+    return out
+
+
+def test_pcb_matches_the_written_out_definition():
+    tau = torch.tensor([[0.5, -1.0, 2.0, 0.1, -0.3, 1.5], [0.4, 1.0, -0.5, 0.2, -0.6, 1.0],
+                        [-0.2, -0.8, 1.0, 0.0, -0.1, 0.7]])
+    expected = torch.tensor(_pcb_reference(tau.tolist(), 0.5))
+    torch.testing.assert_close(pcb_vector(tau, 0.5), expected)
+    torch.testing.assert_close(pcb_vector(tau, 0.5, chunk=4), expected)  # chunked = whole
+    # the two largest |τ| of each task are clamped to the second largest (0.9999·d − 1 = 4 → 5th smallest)
+    assert float(pcb_vector(tau[:1], 1.0)[2]) == 1.5
+
+
+def test_tsv_on_orthogonal_singular_vectors_keeps_each_tasks_top_triplet():
+    key = "w"
+    pre = {key: torch.zeros(2, 2), "b": torch.zeros(2)}
+    experts = {"t0": {key: torch.tensor([[3.0, 0.0], [0.0, 1.0]]), "b": torch.tensor([1.0, 0.0])},
+               "t1": {key: torch.tensor([[0.0, 0.0], [0.0, 2.0]]), "b": torch.tensor([0.0, 3.0])}}
+    out = merge("tsv", pre, experts, alpha=1.0)
+    # r = 2 // 2 = 1 triplet per task: (e1, 3, e1) and (e2, 2, e2); already orthogonal → diag(3, 2)
+    torch.testing.assert_close(out[key], torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+    torch.testing.assert_close(out["b"], torch.tensor([0.5, 1.5]))  # 1-D: the mean task vector
+
+
+def test_iso_c_hand_example():
+    pre = {"w": torch.zeros(2, 2)}
+    experts = {"t0": {"w": torch.tensor([[3.0, 0.0], [0.0, 0.0]])}, "t1": {"w": torch.tensor([[0.0, 0.0], [0.0, 1.0]])}}
+    out = merge("iso_c", pre, experts, alpha=1.0)
+    torch.testing.assert_close(out["w"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))  # σ (3, 1) → mean 2

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import add_scaled, task_vectors
+from mergeflow.merge.common import COMPUTE, extreme_eigh
 from mergeflow.merge.registry import HParam, Need, register
-from mergeflow.merge.task_arithmetic import summed
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
 CAT_HPARAMS = {
@@ -31,7 +31,7 @@ def gram_factor(gram: torch.Tensor, rows: int, generator: torch.Generator) -> to
     """``L`` with ``L Lᵀ = G``; for ``rows < d`` a randomized range finder makes it exact and cheap."""
     d = gram.shape[0]
     if rows < d:
-        probe = torch.randn(d, rows + 8, generator=generator, dtype=gram.dtype)
+        probe = torch.randn(d, rows + 8, generator=generator, dtype=gram.dtype).to(gram.device)
         q, _ = torch.linalg.qr(gram @ probe)
         vals, vecs = torch.linalg.eigh(q.t() @ gram @ q)
         vecs = q @ vecs
@@ -41,72 +41,121 @@ def gram_factor(gram: torch.Tensor, rows: int, generator: torch.Generator) -> to
     return vecs[:, keep] * vals[keep].sqrt()
 
 
-def cat_basis(ws: list[torch.Tensor], factors: list[torch.Tensor], k: int, c: int, lam: float, order: str,
-              own_all: list[torch.Tensor] | None = None):
-    """Eigen-pairs of ``M_k = Σ_{i≠k} W_i (G_k − λ G_i) W_iᵀ`` chosen by ``order``; returns (basis, values, spectrum).
+def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: float, order: str):
+    """For every task k, the basis of ``M_k = Σ_{i≠k} W_i (G_k − λ G_i) W_iᵀ`` chosen by ``order``.
 
-    ``own_all[i] = W_i L_i`` does not depend on ``k``: callers looping over k pass it once.
+    ``factors[k] = L_k`` with ``L_k L_kᵀ = G_k``. Returns, per k, ``(basis, eigenvalues, drift)`` with
+    ``drift = tr Σ_{i≠k} W_i G_k W_iᵀ``, the whole drift the other tasks cause on task k's inputs.
+
+    ``M_k`` is never built from the d_in × d_in Grams: one product ``[W_1; …; W_K] [L_1 … L_K]`` gives
+    every ``W_i L_j``; the drift term is ``Y_k Y_kᵀ`` with ``Y_k = [W_i L_k]_{i≠k}`` and the own term
+    ``X_k X_kᵀ`` with ``X_k = [W_i L_i]_{i≠k}``. When ``d_out`` is at most their joint width, ``M_k`` is
+    formed (d_out²) and only its c extreme eigenpairs are computed; otherwise the problem is solved in
+    the span of ``[Y_k, X_k]``: a Householder QR ``Q R``, the width-sized ``R diag(1, −λ) Rᵀ``, and ``Q``
+    applied to the c chosen vectors only.
     """
-    others = [i for i in range(len(ws)) if i != k]
+    n = len(ws)
     d_out = ws[0].shape[0]
-    if not others or c == 0:
-        return ws[0].new_zeros(d_out, 0), ws[0].new_zeros(0), ws[0].new_zeros(0)
-    drift = [ws[i] @ factors[k] for i in others]  # W_i L_k: the drift term's factor
-    own = [own_all[i] if own_all is not None else ws[i] @ factors[i] for i in others]  # W_i L_i
-    width = sum(a.shape[1] for a in drift + own)
-    if order == "bottom" or d_out <= width:
-        m = sum(a @ a.t() for a in drift) - lam * sum(b @ b.t() for b in own)
-        vals, vecs = torch.linalg.eigh(m)
-    else:  # M_k = Z S Zᵀ with Z = [drift, own]: solve in the span of Z
-        z = torch.cat(drift + own, dim=1)
-        q, r = torch.linalg.qr(z)
-        signs = torch.cat([z.new_ones(sum(a.shape[1] for a in drift)), z.new_full((sum(b.shape[1] for b in own),), -lam)])
-        vals, u = torch.linalg.eigh((r * signs) @ r.t())
-        vecs = q @ u
-    if order == "top":
-        idx = torch.argsort(vals, descending=True)[:c]
-        idx = idx[vals[idx] > 0]
-    else:
-        idx = torch.argsort(vals)[:c]
-    return vecs[:, idx], vals[idx], vals
+    if n < 2 or c == 0:
+        return [(ws[0].new_zeros(d_out, 0), ws[0].new_zeros(0), 0.0) for _ in ws]
+    offsets = [0]
+    for f in factors:
+        offsets.append(offsets[-1] + f.shape[1])
+    # every L_jᵀ W_iᵀ in one (Σr × d_in)·(d_in × K·d_out) product (2.5× faster than K products on a 2-core
+    # CPU), laid out so that each (i, j) block's rows are contiguous: the gathers below copy whole rows
+    products = torch.cat(factors, dim=1).t() @ torch.stack(ws).reshape(n * d_out, -1).t()
+
+    def rows_of(j: int, tasks: list[int]) -> torch.Tensor:
+        """``[W_i L_j]_{i in tasks}`` transposed: (len(tasks)·r_j × d_out)."""
+        part = products[offsets[j]:offsets[j + 1]].view(-1, n, d_out)
+        return part[:, tasks].reshape(-1, d_out)
+
+    own = [products[offsets[i]:offsets[i + 1], i * d_out:(i + 1) * d_out] for i in range(n)]
+    own_total = None
+    out = []
+    for k in range(n):
+        others = [i for i in range(n) if i != k]
+        drift = rows_of(k, others).t()
+        drift_trace = float(drift.square().sum())
+        width = drift.shape[1] + sum(offsets[i + 1] - offsets[i] for i in others)
+        if order == "bottom" or d_out <= width:
+            if own_total is None:
+                everything = torch.cat(own)
+                own_total = everything.t() @ everything
+            m = own[k].t() @ own[k]
+            m.sub_(own_total).mul_(lam).addmm_(drift, drift.t())  # Y Yᵀ − λ (Σ_i O_i O_iᵀ − O_k O_kᵀ)
+            vals, vecs = extreme_eigh(m, c, order)
+        else:
+            own_k = torch.cat([own[i] for i in others])
+            z = torch.cat([drift.t(), own_k]).t()  # column-major, as LAPACK wants it: no copy in geqrf
+            a, tau = torch.geqrf(z)
+            width, w_drift = z.shape[1], drift.shape[1]
+            r = a[:width].triu()
+            # R diag(1…, −λ…) Rᵀ by column blocks: the drift block of R is upper triangular (zero below w_drift)
+            reduced = -lam * (r[:, w_drift:] @ r[:, w_drift:].t())
+            reduced[:w_drift, :w_drift] += r[:w_drift, :w_drift] @ r[:w_drift, :w_drift].t()
+            vals, u = extreme_eigh(reduced, c, "top")
+            u = u.to(z.device)
+            vecs = torch.ormqr(a, tau, torch.cat([u, u.new_zeros(d_out - width, u.shape[1])]))
+        vals, vecs = vals.to(ws[0].device), vecs.to(ws[0].device)
+        if order == "top":
+            idx = torch.argsort(vals, descending=True)
+            idx = idx[vals[idx] > 0]
+        else:
+            idx = torch.argsort(vals)
+        out.append((vecs[:, idx], vals[idx], drift_trace))
+    return out
 
 
-def _trim_linear(key, vectors, tasks, stats, hp, generator, diag):
-    blocks = row_blocks(key, as_matrix(key, vectors[tasks[0]][key]).shape[0], hp["split_qkv"])
+def project_out(w: torch.Tensor, bases: list[torch.Tensor], rescale: bool) -> torch.Tensor:
+    """``W ← (I − B_k B_kᵀ) W`` for each basis in order; with ``rescale``, ``W``'s norm is restored after each.
+
+    Without rescaling the ordered product of projections is accumulated as ``I − U Vᵀ`` (width Σ c) and
+    applied once: one pass over ``W`` instead of K − 1.
+    """
+    bases = [b for b in bases if b.shape[1]]
+    if not bases:
+        return w
+    if rescale:
+        for basis in bases:
+            norm = w.norm()
+            w = w - basis @ (basis.t() @ w)
+            if w.norm() > 0:
+                w = w * (norm / w.norm())
+        return w
+    u = torch.cat(bases, dim=1)
+    v = u.clone()
+    done = bases[0].shape[1]
+    for basis in bases[1:]:
+        # (I − B Bᵀ)(I − U Vᵀ) = I − [U, B] [V, B − V (Uᵀ B)]ᵀ
+        v[:, done:done + basis.shape[1]] -= v[:, :done] @ (u[:, :done].t() @ basis)
+        done += basis.shape[1]
+    return w - u @ (v.t() @ w)
+
+
+def _trim_linear(key: str, mats: list[torch.Tensor], tasks: list[str], stats, hp, generator, diag) -> None:
+    """Trim the task vectors' ``(d_out, d_in)`` views ``mats`` of one linear unit in place."""
     for t in tasks:
         if key not in stats[t].gram:
             raise MergeflowError(f"CAT: statistics of task {t!r} have no Gram for {key}")
-    factors = [gram_factor(stats[t].gram[key].float(), stats[t].rows.get(key, 10**9), generator) for t in tasks]
-    mats = {t: as_matrix(key, vectors[t][key]).clone() for t in tasks}
-    for b, rows in enumerate(blocks):
-        ws = [mats[t][rows] for t in tasks]
-        own_all = [w @ f for w, f in zip(ws, factors, strict=True)]
-        bases = []
-        for k, t in enumerate(tasks):
-            basis, chosen, spectrum = cat_basis(ws, factors, k, hp["c"], hp["lambda"], hp["eig_order"], own_all)
-            bases.append(basis)
-            positive = spectrum[spectrum > 0].sum()
-            unit = key if len(blocks) == 1 else f"{key}[{'qkv'[b]}]"
+    factors = [gram_factor(stats[t].gram[key].to(mats[0]), stats[t].rows.get(key, 10**9), generator) for t in tasks]
+    for b, rows in enumerate(row_blocks(key, mats[0].shape[0], hp["split_qkv"])):
+        ws = [m[rows] for m in mats]
+        bases = cat_bases(ws, factors, hp["c"], hp["lambda"], hp["eig_order"])
+        unit = key if rows.stop - rows.start == mats[0].shape[0] else f"{key}[{'qkv'[b]}]"
+        for t, (_, chosen, drift) in zip(tasks, bases, strict=True):
             diag.setdefault(unit, {})[t] = {"eigenvalues": chosen.tolist(),
-                                            "energy": float(chosen.clamp(min=0).sum() / positive) if positive > 0 else 0.0}
-        for i, t in enumerate(tasks):
-            w = ws[i].clone()
-            for k in range(len(tasks)):
-                if k == i or bases[k].shape[1] == 0:
-                    continue
-                norm = w.norm()
-                w = w - bases[k] @ (bases[k].t() @ w)
-                if hp["rescale"] and w.norm() > 0:
-                    w = w * (norm / w.norm())
-            mats[t][rows] = w
-    for t in tasks:
-        vectors[t][key] = from_matrix(key, mats[t], vectors[t][key])
+                                            "energy": float(chosen.sum()) / drift if drift > 0 else 0.0}
+        trimmed = [project_out(w, [basis for k, (basis, _, _) in enumerate(bases) if k != i], hp["rescale"])
+                   for i, w in enumerate(ws)]
+        for m, w in zip(mats, trimmed, strict=True):
+            m[rows] = w
 
 
-def _apply_masks(key, vectors, tasks, masks, rescale):
+def _apply_masks(vectors: list[torch.Tensor], masks: list[torch.Tensor], rescale: bool) -> list[torch.Tensor]:
     """Zero ``T_i`` on task k's mask for every i ≠ k, in task order."""
-    for i, t in enumerate(tasks):
-        v = vectors[t][key].clone()
+    out = []
+    for i, v in enumerate(vectors):
         for k, mask in enumerate(masks):
             if k == i or not mask.any():
                 continue
@@ -114,7 +163,8 @@ def _apply_masks(key, vectors, tasks, masks, rescale):
             v = v.masked_fill(mask.reshape(v.shape), 0.0)
             if rescale and v.norm() > 0:
                 v = v * (norm / v.norm())
-        vectors[t][key] = v
+        out.append(v)
+    return out
 
 
 def _top_positive(score: torch.Tensor, count: int) -> torch.Tensor:
@@ -125,24 +175,22 @@ def _top_positive(score: torch.Tensor, count: int) -> torch.Tensor:
     return mask
 
 
-def _ln_masks(key, vectors, tasks, stats, hp):
+def _ln_masks(key: str, vectors: list[torch.Tensor], tasks: list[str], stats, hp) -> list[torch.Tensor]:
     energy = []
     for t in tasks:
         if key not in stats[t].sqnorm:
             raise MergeflowError(f"CAT: statistics of task {t!r} have no sqnorm for {key}")
-        energy.append(stats[t].sqnorm[key].float() / max(stats[t].rows.get(key, 1), 1))
-    masks = []
-    for k in range(len(tasks)):
-        s = sum(vectors[tasks[i]][key] ** 2 * (energy[k] - hp["lambda_ln"] * energy[i])
-                for i in range(len(tasks)) if i != k)
-        masks.append(_top_positive(s, hp["c_ln"]) if len(tasks) > 1 else torch.zeros_like(energy[k], dtype=torch.bool))
-    return masks
+        energy.append(stats[t].sqnorm[key].to(vectors[0]) / max(stats[t].rows.get(key, 1), 1))
+    if len(tasks) < 2:
+        return [torch.zeros_like(vectors[0], dtype=torch.bool)]
+    return [_top_positive(sum(vectors[i] ** 2 * (energy[k] - hp["lambda_ln"] * energy[i])
+                              for i in range(len(tasks)) if i != k), hp["c_ln"]) for k in range(len(tasks))]
 
 
-def _shift_masks(key, vectors, tasks, c_shift):
+def _shift_masks(vectors: list[torch.Tensor], c_shift: int) -> list[torch.Tensor]:
     masks = []
-    for t in tasks:
-        mag = vectors[t][key].reshape(-1).abs()
+    for v in vectors:
+        mag = v.reshape(-1).abs()
         mask = torch.zeros_like(mag, dtype=torch.bool)
         if c_shift > 0:
             mask[torch.argsort(mag, descending=True)[:c_shift]] = True
@@ -155,28 +203,34 @@ def _shift_masks(key, vectors, tasks, c_shift):
 def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
     """Trim each task vector of the components that conflict with other tasks, then task arithmetic.
 
-    All bases and masks come from the untrimmed vectors; then every ``T_i`` is trimmed by every other
-    task's basis or mask in task order.
+    A unit's bases and masks come from its untrimmed vectors; then every ``T_i`` is trimmed by every
+    other task's basis or mask in task order. Units are independent, so they are processed one at a
+    time: only one parameter's K task vectors are ever held.
     """
-    vectors = task_vectors(pretrained, experts)
-    tasks = list(vectors)
+    tasks = list(experts)
     generator = torch.Generator().manual_seed(0)
     extra = tuple(hp["linear_extra"])
     eig_diag: dict = {}
-    masks = {}
-    for key in list(vectors[tasks[0]]):
-        if is_linear(key, extra):
+    ln_masked = {}
+    merged = {}
+    for key, pre in tqdm(pretrained.items(), desc="CAT", unit="param", leave=False, mininterval=5.0):
+        if not pre.is_floating_point():
+            merged[key] = pre.clone()
             continue
-        if is_layernorm(key):
-            masks[key] = _ln_masks(key, vectors, tasks, stats, hp)
-        elif is_shift(key):
-            masks[key] = _shift_masks(key, vectors, tasks, hp["c_shift"])
-    for key in list(vectors[tasks[0]]):
+        base = pre.to(COMPUTE)
+        vecs = [experts[t][key].to(COMPUTE) - base for t in tasks]
         if is_linear(key, extra):
-            _trim_linear(key, vectors, tasks, stats, hp, generator, eig_diag)
-    for key, unit_masks in masks.items():
-        _apply_masks(key, vectors, tasks, unit_masks, hp["rescale"])
+            mats = [as_matrix(key, v).clone() for v in vecs]
+            _trim_linear(key, mats, tasks, stats, hp, generator, eig_diag)
+            vecs = [from_matrix(key, m, v) for m, v in zip(mats, vecs, strict=True)]
+        elif is_layernorm(key):
+            masks = _ln_masks(key, vecs, tasks, stats, hp)
+            ln_masked[key] = [int(m.sum()) for m in masks]
+            vecs = _apply_masks(vecs, masks, hp["rescale"])
+        elif is_shift(key):
+            vecs = _apply_masks(vecs, _shift_masks(vecs, hp["c_shift"]), hp["rescale"])
+        merged[key] = (base + hp["alpha"] * torch.stack(vecs).sum(0)).to(pre.dtype)
     if diagnostics is not None:
         diagnostics["units"] = eig_diag
-        diagnostics["ln_masked"] = {k: [int(m.sum()) for m in v] for k, v in masks.items() if is_layernorm(k)}
-    return add_scaled(pretrained, summed(vectors), hp["alpha"])
+        diagnostics["ln_masked"] = ln_masked
+    return merged

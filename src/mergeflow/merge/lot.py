@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
-from mergeflow.merge.common import add_scaled, task_vectors
+from mergeflow.merge.common import COMPUTE, symmetric_eigh
 from mergeflow.merge.registry import HParam, Need, alpha, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear
 
 
 def lot_linear(vectors: list[torch.Tensor], grams: list[torch.Tensor]) -> torch.Tensor:
-    """``T* = (Σ_k T_k G_k) · pinv(Σ_k G_k)``: one pseudo-inverse per unit, in float64.
+    """``T* = (Σ_k T_k G_k) · pinv(Σ_k G_k)``: one eigendecomposition per unit, not one per task.
 
-    The cut-off of the pseudo-inverse follows the precision the Grams were accumulated in: directions
-    below ``d · eps(dtype)`` of the largest eigenvalue are round-off, not features, and must stay untouched.
+    Computed in the Grams' precision (float32 unless the features stage accumulated float64): the
+    statistics carry no more than that, and the pseudo-inverse's cut-off follows it: directions below
+    ``d · eps(dtype)`` of the largest eigenvalue are round-off, not features, and stay untouched.
     """
-    rhs = sum(t.double() @ g.double() for t, g in zip(vectors, grams, strict=True))
-    rtol = grams[0].shape[0] * torch.finfo(grams[0].dtype).eps
-    return rhs @ torch.linalg.pinv(sum(g.double() for g in grams), hermitian=True, rtol=rtol)
+    dtype = torch.promote_types(grams[0].dtype, vectors[0].dtype)
+    rhs = torch.cat([t.to(dtype) for t in vectors], dim=1) @ torch.cat([g.to(dtype) for g in grams], dim=0)
+    vals, vecs = symmetric_eigh(sum(g.to(dtype) for g in grams))
+    vals, vecs = vals.to(rhs.device), vecs.to(rhs.device)
+    keep = vals > vals.max().clamp(min=0) * grams[0].shape[0] * torch.finfo(grams[0].dtype).eps
+    basis = vecs[:, keep]
+    return ((rhs @ basis) / vals[keep]) @ basis.t()
 
 
 def lot_scale(vectors: list[torch.Tensor], energies: list[torch.Tensor]) -> torch.Tensor:
@@ -41,19 +47,26 @@ def _rows(stats, key: str) -> float:
            "exemplars": HParam(64, int, "exemplars per task for the Grams", low=1, pipeline=True)},
           needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
 def lot(pretrained, experts, stats=None, diagnostics=None, **hp):
-    """Linear units: the Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted mean."""
-    vectors = task_vectors(pretrained, experts)
-    tasks = list(vectors)
+    """Linear units: Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted.
+
+    Units are independent: one parameter's K task vectors are held at a time.
+    """
+    tasks = list(experts)
     merged = {}
-    for key, like in vectors[tasks[0]].items():
-        items = [vectors[t][key] for t in tasks]
+    for key, pre in tqdm(pretrained.items(), desc="LOT", unit="param", leave=False, mininterval=5.0):
+        if not pre.is_floating_point():
+            merged[key] = pre.clone()
+            continue
+        base = pre.to(COMPUTE)
+        items = [experts[t][key].to(COMPUTE) - base for t in tasks]
         if is_linear(key) and all(key in stats[t].gram for t in tasks):
             solution = lot_linear([as_matrix(key, x) for x in items], [stats[t].gram[key] for t in tasks])
-            merged[key] = from_matrix(key, solution, like).float()
+            delta = from_matrix(key, solution, base).to(COMPUTE)
         elif is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
-            merged[key] = lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).float()
+            delta = lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).to(COMPUTE)
         else:
             w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64)
-            merged[key] = (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(
-                w.sum()).float()
-    return add_scaled(pretrained, merged, hp["lambda"])
+            delta = (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * base.ndim)).sum(0).div(
+                w.sum()).to(COMPUTE)
+        merged[key] = (base + hp["lambda"] * delta).to(pre.dtype)
+    return merged
