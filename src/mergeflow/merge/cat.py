@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import COMPUTE, extreme_eigh
+from mergeflow.merge.common import extreme_eigh, merge_by_unit
 from mergeflow.merge.registry import HParam, Need, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
@@ -212,13 +211,8 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
     extra = tuple(hp["linear_extra"])
     eig_diag: dict = {}
     ln_masked = {}
-    merged = {}
-    for key, pre in tqdm(pretrained.items(), desc="CAT", unit="param", leave=False, mininterval=5.0):
-        if not pre.is_floating_point():
-            merged[key] = pre.clone()
-            continue
-        base = pre.to(COMPUTE)
-        vecs = [experts[t][key].to(COMPUTE) - base for t in tasks]
+
+    def trimmed_sum(key: str, vecs: list[torch.Tensor]) -> torch.Tensor:
         if is_linear(key, extra):
             mats = [as_matrix(key, v).clone() for v in vecs]
             _trim_linear(key, mats, tasks, stats, hp, generator, eig_diag)
@@ -229,7 +223,9 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
             vecs = _apply_masks(vecs, masks, hp["rescale"])
         elif is_shift(key):
             vecs = _apply_masks(vecs, _shift_masks(vecs, hp["c_shift"]), hp["rescale"])
-        merged[key] = (base + hp["alpha"] * torch.stack(vecs).sum(0)).to(pre.dtype)
+        return torch.stack(vecs).sum(0)
+
+    merged = merge_by_unit(pretrained, experts, trimmed_sum, hp["alpha"], "CAT")
     if diagnostics is not None:
         diagnostics["units"] = eig_diag
         diagnostics["ln_masked"] = ln_masked

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from tqdm import tqdm
 
 COMPUTE = torch.float32
 
@@ -29,6 +32,21 @@ def stacked_task_vectors(pretrained, experts, keys: list[str]) -> torch.Tensor:
             torch.sub(sd[k].reshape(-1).to(COMPUTE), pretrained[k].reshape(-1).to(COMPUTE), out=row[start:start + size])
             start += size
     return out
+
+
+def merge_by_unit(pretrained, experts, delta: Callable[[str, list[torch.Tensor]], torch.Tensor], scale: float,
+                  desc: str) -> dict[str, torch.Tensor]:
+    """``θ_pre + scale · delta(key, [T_1 … T_K])`` one parameter at a time, for methods whose units are
+    independent: only one parameter's K task vectors are held, never all of them. Non-floating tensors are copied."""
+    tasks = list(experts)
+    merged = {}
+    for key, pre in tqdm(pretrained.items(), desc=desc, unit="param", leave=False, mininterval=5.0):
+        if not pre.is_floating_point():
+            merged[key] = pre.clone()
+            continue
+        base = pre.to(COMPUTE)
+        merged[key] = (base + scale * delta(key, [experts[t][key].to(COMPUTE) - base for t in tasks])).to(pre.dtype)
+    return merged
 
 
 def add_scaled(pretrained, delta: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
-from mergeflow.merge.common import COMPUTE, symmetric_eigh
+from mergeflow.merge.common import COMPUTE, merge_by_unit, symmetric_eigh
 from mergeflow.merge.registry import HParam, Need, alpha, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear
 
@@ -47,26 +46,17 @@ def _rows(stats, key: str) -> float:
            "exemplars": HParam(64, int, "exemplars per task for the Grams", low=1, pipeline=True)},
           needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
 def lot(pretrained, experts, stats=None, diagnostics=None, **hp):
-    """Linear units: Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted.
-
-    Units are independent: one parameter's K task vectors are held at a time.
-    """
+    """Linear units: Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted."""
     tasks = list(experts)
-    merged = {}
-    for key, pre in tqdm(pretrained.items(), desc="LOT", unit="param", leave=False, mininterval=5.0):
-        if not pre.is_floating_point():
-            merged[key] = pre.clone()
-            continue
-        base = pre.to(COMPUTE)
-        items = [experts[t][key].to(COMPUTE) - base for t in tasks]
+
+    def solution(key: str, items: list[torch.Tensor]) -> torch.Tensor:
+        like = items[0]
         if is_linear(key) and all(key in stats[t].gram for t in tasks):
-            solution = lot_linear([as_matrix(key, x) for x in items], [stats[t].gram[key] for t in tasks])
-            delta = from_matrix(key, solution, base).to(COMPUTE)
-        elif is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
-            delta = lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).to(COMPUTE)
-        else:
-            w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64)
-            delta = (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * base.ndim)).sum(0).div(
-                w.sum()).to(COMPUTE)
-        merged[key] = (base + hp["lambda"] * delta).to(pre.dtype)
-    return merged
+            matrix = lot_linear([as_matrix(key, x) for x in items], [stats[t].gram[key] for t in tasks])
+            return from_matrix(key, matrix, like).to(COMPUTE)
+        if is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
+            return lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).to(COMPUTE)
+        w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64)
+        return (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(w.sum()).to(COMPUTE)
+
+    return merge_by_unit(pretrained, experts, solution, hp["lambda"], "LOT")
