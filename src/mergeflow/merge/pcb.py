@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mergeflow.merge.common import add_scaled, floating, kth_smallest, stacked_task_vectors, unflatten
+from mergeflow.merge.common import CHUNK, add_scaled, floating, kth_smallest, stacked_task_vectors, unflatten
 from mergeflow.merge.registry import HParam, alpha, register
 
 
@@ -18,7 +18,7 @@ def _sorted_at(row: torch.Tensor, index: int) -> torch.Tensor:
     return kth_smallest(row, index + 1)
 
 
-def pcb_vector(tau: torch.Tensor, ratio: float, chunk: int = 1 << 22) -> torch.Tensor:
+def pcb_vector(tau: torch.Tensor, ratio: float, chunk: int = CHUNK) -> torch.Tensor:
     """The merged vector of PCB for flattened task vectors ``tau`` (tasks × entries).
 
     Elementwise work runs over column chunks and the row thresholds come from ``kthvalue`` (no sort), so

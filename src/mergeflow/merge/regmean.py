@@ -14,7 +14,8 @@ def shrink(gram: torch.Tensor, a: float) -> torch.Tensor:
     return a * gram + (1 - a) * torch.diag(torch.diagonal(gram))
 
 
-@register("regmean", "RegMean", "Jin et al., Dataless knowledge fusion by merging weights of language models, ICLR 2023",
+@register("regmean", "RegMean",
+          "Jin et al., Dataless knowledge fusion by merging weights of language models, ICLR 2023",
           {"a": HParam(0.95, float, "off-diagonal scale of the Grams", low=0.0, high=1.0),
            "exemplars": HParam(256, int, "exemplars per task for the Grams", low=1, pipeline=True)},
           needs=(Need("gram", 1.0, "exemplars"),))
