@@ -14,7 +14,7 @@ STAGES = {
     "prepare": "decode and resize every task's (or one's) train/val/test splits into data/prepared/<task>/",
     "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
     "heads": "build the zero-shot heads of every task (or one) from the text tower",
-    "finetune": "fine-tune the image encoder on a task: models/experts/<task>.safetensors",
+    "finetune": "fine-tune the image encoder on every task (or one): models/experts/<task>.safetensors",
     "exemplars": "sample seeded exemplar indices of every task (or one): data/exemplars/<task>.json",
     "features": "per-layer statistics of a task for a variant: data/features/<variant>/<task>.safetensors",
     "merge": "merge the experts with one configured run: models/merged/<run>.safetensors",
@@ -30,20 +30,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
-        if name == "finetune":
-            p.add_argument("--task", required=True)
-        if name in ("fetch", "prepare", "heads", "exemplars", "features"):
-            # one process for all tasks: these stages are cheap next to torch's and open_clip's start-up
+        if name in ("fetch", "prepare", "heads", "finetune", "exemplars", "features"):
+            # one command for all tasks: a process start costs seconds (torch, open_clip); finetune spreads
+            # its tasks over worker processes
             p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
         if name == "features":
             p.add_argument("--variant", required=True, help="<kind>-a<scale>-n<count>-s<seed>, e.g. gram-a0.4-n2-s0")
         if name == "exemplars":
             p.add_argument("--seed", type=int, default=None, help="another exemplar seed than exemplars.seed")
         if name == "merge":
-            p.add_argument("--method", required=True, help="a method of merge.methods or a sweep run <method>--<param>-<value>")
-            p.add_argument("--evaluate", action="store_true", help="also write reports/metrics/<run>.json (saves a start-up)")
+            p.add_argument("--method", required=True,
+                           help="a method of merge.methods or a sweep run <method>--<param>-<value>")
+            p.add_argument("--evaluate", action="store_true",
+                           help="also write reports/metrics/<run>.json (saves a start-up)")
         if name == "evaluate":
-            p.add_argument("--model", required=True, nargs="+", help="zeroshot | individual | <merge run> (several: one process)")
+            p.add_argument("--model", required=True, nargs="+",
+                           help="zeroshot | individual | <merge run> (several: one process)")
     return parser
 
 
@@ -53,18 +55,24 @@ def _tasks(args: argparse.Namespace, cfg) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from mergeflow import config, stages
+    from mergeflow import config
 
     cfg = config.load(args.params)
     stage = args.stage
+    if stage == "report":  # JSON in, tables and figures out: no torch to import
+        from mergeflow.report import build_report
+
+        build_report(cfg)
+        return
+    from mergeflow import stages
+
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
         from mergeflow.data import get_task
 
         get_task(args.task)  # unknown name: lists the known tasks
         raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
     if stage == "fetch":
-        for task in _tasks(args, cfg):
-            stages.fetch(cfg, task)
+        stages.fetch_tasks(cfg, _tasks(args, cfg))
     elif stage == "prepare":
         for task in _tasks(args, cfg):
             stages.prepare(cfg, task)
@@ -74,7 +82,7 @@ def _run(args: argparse.Namespace) -> None:
         for task in _tasks(args, cfg):
             stages.heads(cfg, task)
     elif stage == "finetune":
-        stages.finetune(cfg, args.task)
+        stages.finetune_tasks(cfg, _tasks(args, cfg))
     elif stage == "exemplars":
         for task in _tasks(args, cfg):
             stages.exemplars(cfg, task, args.seed)
@@ -88,10 +96,6 @@ def _run(args: argparse.Namespace) -> None:
     elif stage == "evaluate":
         for model in args.model:
             stages.evaluate(cfg, model)
-    elif stage == "report":
-        from mergeflow.report import build_report
-
-        build_report(cfg)
     elif stage == "tasks-figure":
         from mergeflow.report.figures import tasks_figure
 

@@ -15,13 +15,14 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from mergeflow.errors import MergeflowError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: the report needs only JSON (2 s less)
+    import torch
 
 _CHUNK = 1 << 20
 
@@ -45,6 +46,8 @@ def save_tensors(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Save a flat name → tensor mapping as safetensors, atomically."""
+    from safetensors.torch import save_file
+
     payload = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(payload, str(tmp), metadata=dict(metadata) if metadata else None)
@@ -55,6 +58,8 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MergeflowError(f"{path}: file not found (run the stage that produces it first)")
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -73,7 +78,7 @@ def load_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "tolist") and hasattr(value, "dim"):  # a torch.Tensor, without importing torch
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
@@ -136,6 +141,8 @@ def hash_path(path: str | os.PathLike) -> str:
 
 def hash_tensor(tensor: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and raw bytes (e.g. of an index list)."""
+    import torch
+
     tensor = tensor.detach().contiguous().cpu()
     digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")

@@ -48,6 +48,18 @@ def fetch(cfg: Config, task: str) -> Path:
     return target
 
 
+def fetch_tasks(cfg: Config, tasks: list[str]) -> list[Path]:
+    """:func:`fetch` every task, side by side in worker processes (generating or downloading a task is
+    single-threaded work that takes seconds)."""
+    from mergeflow.workers import cpu_cores, run_jobs
+
+    return run_jobs(_fetch_job, [(cfg.raw, cfg.source, task) for task in tasks], min(len(tasks), cpu_cores()))
+
+
+def _fetch_job(raw: dict, source: str, task: str) -> Path:
+    return fetch(Config(raw, source), task)
+
+
 def prepare(cfg: Config, task: str) -> Path:
     """Decode, resize and store the train/val/test splits of ``task`` at the model's image size."""
     from mergeflow.data import get_task
@@ -137,14 +149,37 @@ def _classifier(visual, task: str, scale: float, n_classes: int | None = None):
     return ImageClassifier(visual, load_head(task, n_classes), scale)
 
 
+def finetune_tasks(cfg: Config, tasks: list[str]) -> list[Path]:
+    """Fine-tune one expert per task: on CPU side by side in worker processes (see :mod:`mergeflow.workers`),
+    on a GPU one after the other in this process."""
+    from mergeflow.device import resolve
+    from mergeflow.workers import cpu_cores, run_jobs, threads_per_job
+
+    workers = 1
+    if resolve(cfg.device).type == "cpu":
+        workers = min(len(tasks), max(1, cpu_cores() // threads_per_job(len(cfg.tasks))))
+    return run_jobs(_finetune_job, [(cfg.raw, cfg.source, task) for task in tasks], workers)
+
+
+def _finetune_job(raw: dict, source: str, task: str) -> Path:
+    return finetune(Config(raw, source), task)
+
+
 def finetune(cfg: Config, task: str) -> Path:
-    """Fine-tune the base's image encoder on ``task`` with its frozen head; save the expert and a JSON log."""
+    """Fine-tune the base's image encoder on ``task`` with its frozen head; save the expert and a JSON log.
+
+    On CPU the thread count follows from the configuration's task count (:func:`threads_per_job`), not from
+    how the stage was launched, so an expert trained alone is bit-identical to one trained beside others.
+    """
     from mergeflow.data.prepared import classnames, load_prepared
     from mergeflow.device import resolve
     from mergeflow.evaluate import accuracy
     from mergeflow.train.finetune import finetune as run
+    from mergeflow.workers import threads_per_job
 
     device = resolve(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(threads_per_job(len(cfg.tasks)))
     model, _ = _load_base()
     images, labels = load_prepared(task, "train")
     clf = _classifier(copy.deepcopy(model.visual), task, _logit_scale(model), len(classnames(task)))

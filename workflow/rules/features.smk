@@ -20,7 +20,7 @@ rule exemplars:
 rule features:
     input:
         "models/base",
-        expand("models/experts/{task}.safetensors", task=TASKS),
+        "models/experts",
         "models/heads",
         "data/exemplars",
         "data/prepared",

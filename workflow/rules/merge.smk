@@ -2,7 +2,7 @@ rule merge:
     input:
         "models/base",
         "models/heads",
-        expand("models/experts/{task}.safetensors", task=TASKS),
+        "models/experts",
         "data/prepared",
         "reports/metrics/individual.json",
         run_stats,
