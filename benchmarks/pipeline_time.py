@@ -1,0 +1,55 @@
+"""Wall time of a whole `dvc repro`, stage by stage: the README's pipeline figures.
+
+Runs ``dvc repro`` (extra arguments are passed on) in the current directory, stamps every stage start
+and prints each stage's wall time (until the next stage starts, so DVC's own bookkeeping is included)
+and the total. Run it in a fresh clone with the package installed:
+
+    python benchmarks/pipeline_time.py            # the whole default pipeline
+    python benchmarks/pipeline_time.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGE = re.compile(r"Running stage '([^']+)'")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the stage times to this JSON file")
+    args, extra = parser.parse_known_args()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    dvc = Path(sys.executable).with_name("dvc")
+    start = time.perf_counter()
+    starts: list[tuple[str, float]] = []
+    proc = subprocess.Popen([str(dvc if dvc.exists() else "dvc"), "repro", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        match = STAGE.search(line)
+        if match:
+            starts.append((match.group(1), time.perf_counter() - start))
+            print(f"{starts[-1][1]:7.1f} s  {match.group(1)}", flush=True)
+    code = proc.wait()
+    total = time.perf_counter() - start
+    ends = [t for _, t in starts[1:]] + [total]
+    stages = {name: round(end - t, 1) for (name, t), end in zip(starts, ends, strict=True)}
+    print("\nstage wall times (s):")
+    for name, wall in stages.items():
+        print(f"  {wall:7.1f}  {name}")
+    print(f"total {total:.1f} s ({int(total // 60)} min {total % 60:.0f} s), dvc exit status {code}")
+    if args.json:
+        from mergeflow.io import write_json
+
+        write_json(args.json, {"total_s": round(total, 1), "exit_status": code, "stages": stages})
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
