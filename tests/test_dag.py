@@ -47,5 +47,14 @@ def test_merge_stages_read_only_their_own_params_block():
             run = cmd.split()[3]
             method = run.split("--")[0]
             own = {k for k in keys if k.startswith("merge.")}
-            assert (own or "--" in run) and all(k == f"merge.{method}" or k.startswith(f"merge.{method}.") or k.startswith("sweeps.")
-                               for k in own), (cmd, own)
+            assert (own or "--" in run) and all(
+                k == f"merge.{method}" or k.startswith((f"merge.{method}.", "sweeps.")) for k in own), (cmd, own)
+
+
+def test_snakemake_lint_is_clean():
+    import subprocess
+
+    from dag_tools import BIN, engine_env
+
+    out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, env=engine_env(), capture_output=True, text=True)
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout + out.stderr

@@ -1,10 +1,10 @@
 rule fetch:
-    # one process for every task: generating a task takes 1-5 s, importing torch 3.5 s
+    # one job for every task, which it spreads over worker processes (one per core): reserve the cores
     output:
-        directory("data/raw"),
+        directory(config["data"]["raw_dir"]),
+    threads: workflow.cores
     params:
         tasks=TASKS,
-        raw_dir=config["data"]["raw_dir"],
         generate=config["data"]["generate"],
         download=config["data"]["download"],
     log:
@@ -19,7 +19,7 @@ rule fetch:
 
 rule prepare:
     input:
-        "data/raw",
+        config["data"]["raw_dir"],
     output:
         directory("data/prepared"),
     params:

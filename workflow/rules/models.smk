@@ -45,6 +45,7 @@ rule finetune:
         "data/prepared",
     output:
         directory("models/experts"),
+    threads: workflow.cores
     params:
         finetune=config["finetune"],
         batch_size=config["evaluate"]["batch_size"],
