@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 STAGES = {
@@ -64,8 +65,12 @@ def _run(args: argparse.Namespace) -> None:
 
         build_report(cfg)
         return
-    from mergeflow import stages
+    import torch
 
+    from mergeflow import stages
+    from mergeflow.workers import cpu_cores
+
+    torch.set_num_threads(cpu_cores())  # see _fix_threads
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
         from mergeflow.data import get_task
 
@@ -102,8 +107,24 @@ def _run(args: argparse.Namespace) -> None:
         tasks_figure(cfg)
 
 
+def _fix_threads() -> None:
+    """One thread count for every stage process, whichever engine starts it.
+
+    Float sums depend on how they are split over threads, and OpenMP reads ``OMP_NUM_THREADS`` once, when
+    torch loads: Snakemake sets it to a job's ``threads``, DVC leaves it unset. Setting it here, before
+    torch is imported, to the cores this process may use makes both engines write the same bytes.
+    """
+    if "torch" in sys.modules:
+        return
+    from mergeflow.workers import cpu_cores
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(cpu_cores())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _fix_threads()
     from mergeflow.errors import MergeflowError
 
     try:

@@ -30,6 +30,7 @@ rule features:
         variant="|".join(VARIANTS) or "none",
     params:
         features=config["features"],
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/features/{variant}.log",
     benchmark:

@@ -15,6 +15,7 @@ rule merge:
     params:
         hparams=run_params,
         evaluate=config["evaluate"],
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/merge/{run}.log",
     benchmark:

@@ -7,6 +7,7 @@ rule base:
         model=config["model"],
         pretrain=config["pretrain"],
         seed=config["seed"],
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/base.log",
     benchmark:
@@ -26,6 +27,7 @@ rule heads:
         directory("models/heads"),
     params:
         tasks=TASKS,
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/heads.log",
     benchmark:
@@ -72,6 +74,7 @@ rule reference:
         "reports/metrics/individual.json",
     params:
         batch_size=config["evaluate"]["batch_size"],
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/evaluate/reference.log",
     benchmark:
