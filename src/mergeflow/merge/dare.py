@@ -13,13 +13,14 @@ def drop_and_rescale_(tau: torch.Tensor, shapes: list[torch.Size], p: float,
                       generator: torch.Generator) -> torch.Tensor:
     """In place on ``tau`` (tasks × entries): zero each entry with probability p, divide the rest by 1 − p.
 
-    The masks are drawn task by task, parameter by parameter (``shapes`` in flattening order), so they do
-    not depend on how the vectors are laid out in memory."""
+    The masks are drawn task by task, parameter by parameter (``shapes`` in flattening order), from a CPU
+    generator, so they depend neither on how the vectors are laid out nor on the device they are on."""
     for row in tau:
         start = 0
         for shape in shapes:
             segment = row[start:start + shape.numel()]
-            segment.mul_(torch.rand(shape, generator=generator).reshape(-1) >= p).div_(1.0 - p)
+            keep = torch.rand(shape, generator=generator).reshape(-1) >= p
+            segment.mul_(keep.to(segment.device)).div_(1.0 - p)
             start += shape.numel()
     return tau
 

@@ -56,7 +56,7 @@ def lot(pretrained, experts, stats=None, diagnostics=None, **hp):
             return from_matrix(key, matrix, like).to(COMPUTE)
         if is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
             return lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).to(COMPUTE)
-        w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64)
+        w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64, device=like.device)
         return (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(w.sum()).to(COMPUTE)
 
     return merge_by_unit(pretrained, experts, solution, hp["lambda"], "LOT")
