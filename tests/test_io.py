@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.io import hash_tensor, load_tensors, read_json, save_tensors, write_json
+from mergeflow.io import hash_tensor, load_metadata, load_tensors, read_json, save_tensors, write_json
 
 
 def test_roundtrip_and_no_temp_left(tmp_path):
@@ -11,6 +14,17 @@ def test_roundtrip_and_no_temp_left(tmp_path):
     write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1, 2]})
     assert read_json(tmp_path / "m.json") == {"a": None, "b": [1, 2]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "m.json"]
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes_in_every_process(tmp_path):
+    # safetensors orders metadata keys by a per-process hash: two processes wrote one model as two files
+    meta = {f"key{i}": f"value{i}" for i in range(6)}
+    script = ("import sys, torch; from mergeflow.io import save_tensors; "
+              f"save_tensors(sys.argv[1], {{'w': torch.arange(4.0)}}, {meta!r})")
+    for name in ("a", "b", "c"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == (tmp_path / "c").read_bytes()
+    assert load_metadata(tmp_path / "a") == meta
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> None:
 
     cfg = config.load(args.params)
     stage = args.stage
-    if stage == "report":  # JSON in, tables and figures out: torch is imported only for the tasks figure
+    if stage == "report":  # JSON in, tables and figures out (torch is loaded anyway: the registries checked above)
         from mergeflow.report import build_report
 
         build_report(cfg)

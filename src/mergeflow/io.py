@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are read or written: the re
     import torch
 
 _CHUNK = 1 << 20
+_METADATA_KEY = "mergeflow"
 
 
 @contextlib.contextmanager
@@ -45,12 +46,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def save_tensors(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Save a flat name → tensor mapping as safetensors, atomically."""
+    """Save a flat name → tensor mapping as safetensors, atomically, with the same bytes for the same input.
+
+    safetensors writes its metadata from a hash map, in an order that changes from process to process, so
+    two keys made the same model two different files (and two content hashes); the metadata is therefore
+    stored as one key, ``mergeflow``, holding sorted JSON (:func:`load_metadata` reads it back).
+    """
     from safetensors.torch import save_file
 
     payload = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    header = {_METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
-        save_file(payload, str(tmp), metadata=dict(metadata) if metadata else None)
+        save_file(payload, str(tmp), metadata=header)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -67,14 +74,15 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata stored in a safetensors header."""
+    """The string metadata of a safetensors header: ours as :func:`save_tensors` wrote it, others' as stored."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
+            header = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise MergeflowError(f"{path}: unreadable or truncated safetensors file ({exc})") from None
+    return json.loads(header[_METADATA_KEY]) if set(header) == {_METADATA_KEY} else header
 
 
 def _json_default(value: Any) -> Any:
