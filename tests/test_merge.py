@@ -165,6 +165,17 @@ def test_cat_basis_maximises_objective():
         assert torch.trace(q.t() @ m @ q) <= expected + 1e-4
 
 
+def test_gram_factor_is_exact_and_as_wide_as_the_rows():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 40, generator=g, dtype=torch.float64)  # 6 feature rows, d_in = 40: rank 6
+    factor = gram_factor(x.t() @ x, 6, g)
+    assert factor.shape == (40, 6)  # the range finder's extra probe directions are dropped
+    torch.testing.assert_close(factor @ factor.t(), x.t() @ x)
+    full = gram_factor(x.t() @ x, 10**9, g)  # rows unknown: a full eigendecomposition, null space dropped
+    assert full.shape == (40, 6)
+    torch.testing.assert_close(full @ full.t(), x.t() @ x)
+
+
 def _explicit_m(ws, xs, k, lam):
     return sum(ws[i] @ (xs[k].t() @ xs[k] - lam * xs[i].t() @ xs[i]) @ ws[i].t() for i in range(len(ws)) if i != k)
 

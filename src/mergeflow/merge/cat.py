@@ -27,13 +27,18 @@ CAT_HPARAMS = {
 
 
 def gram_factor(gram: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
-    """``L`` with ``L Lᵀ = G``; for ``rows < d`` a randomized range finder makes it exact and cheap."""
+    """``L`` with ``L Lᵀ = G``; for ``rows < d`` a randomized range finder makes it exact and cheap.
+
+    A Gram of ``rows`` feature rows has rank at most ``rows``: the range finder's 8 extra directions carry
+    only round-off, and dropping them keeps every later product and eigenproblem ``rows`` wide, not
+    ``rows + 8`` (CAT's QR and reduced eigenproblems cost the square of that width).
+    """
     d = gram.shape[0]
     if rows < d:
         probe = torch.randn(d, rows + 8, generator=generator, dtype=gram.dtype).to(gram.device)
         q, _ = torch.linalg.qr(gram @ probe)
         vals, vecs = torch.linalg.eigh(q.t() @ gram @ q)
-        vecs = q @ vecs
+        vals, vecs = vals[-rows:], q @ vecs[:, -rows:]
     else:
         vals, vecs = torch.linalg.eigh(gram)
     keep = vals > vals.abs().max().clamp(min=1e-30) * 1e-10
