@@ -65,12 +65,8 @@ def _run(args: argparse.Namespace) -> None:
 
         build_report(cfg)
         return
-    import torch
-
     from mergeflow import stages
-    from mergeflow.workers import cpu_cores
 
-    torch.set_num_threads(cpu_cores())  # see _fix_threads
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
         from mergeflow.data import get_task
 
@@ -114,10 +110,11 @@ def _fix_threads() -> None:
     torch loads: Snakemake sets it to a job's ``threads``, DVC leaves it unset. Setting it here, before
     torch is imported, to the cores this process may use makes both engines write the same bytes.
     """
-    if "torch" in sys.modules:
-        return
     from mergeflow.workers import cpu_cores
 
+    if "torch" in sys.modules:  # called in a process that already loaded torch (the tests): too late for OpenMP
+        sys.modules["torch"].set_num_threads(cpu_cores())
+        return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpu_cores())
 
