@@ -8,9 +8,9 @@ from mergeflow.errors import MergeflowError
 from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
 from mergeflow.merge.cat import cat_bases, gram_factor, project_out
+from mergeflow.merge.common import add_outer_lower_, polar_factor, top_singular
 from mergeflow.merge.lot import lot_linear
 from mergeflow.merge.pcb import pcb_vector
-from mergeflow.merge.common import polar_factor, top_singular
 from mergeflow.merge.tatr import cross_magnitude
 from mergeflow.merge.ties import ties_vector, trim
 
@@ -163,6 +163,18 @@ def test_cat_basis_maximises_objective():
     for _ in range(50):
         q, _ = torch.linalg.qr(torch.randn(12, basis.shape[1], generator=g))
         assert torch.trace(q.t() @ m @ q) <= expected + 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_outer_lower_adds_the_outer_product_in_the_lower_triangle(dtype):
+    g = torch.Generator().manual_seed(5)
+    m0 = torch.randn(7, 7, generator=g, dtype=dtype)
+    for a in (torch.randn(7, 3, generator=g, dtype=dtype), torch.randn(3, 7, generator=g, dtype=dtype).t()):
+        expected = m0 - 0.5 * a @ a.t()
+        got = add_outer_lower_(m0.clone(), a, -0.5)  # in place, row-major m, row- or column-major a
+        torch.testing.assert_close(torch.tril(got), torch.tril(expected))
+        view = m0.clone().t()  # not contiguous: the full product is added
+        torch.testing.assert_close(add_outer_lower_(view, a, -0.5), m0.t() - 0.5 * a @ a.t())
 
 
 def test_gram_factor_is_exact_and_as_wide_as_the_rows():

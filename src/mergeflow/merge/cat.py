@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import extreme_eigh, merge_by_unit
+from mergeflow.merge.common import add_outer_lower_, extreme_eigh, merge_by_unit
 from mergeflow.merge.registry import HParam, Need, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
@@ -86,9 +86,8 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
             if own_total is None:
                 everything = torch.cat(own)
                 own_total = everything.t() @ everything
-            m = own[k].t() @ own[k]
-            m.sub_(own_total).mul_(lam).addmm_(drift, drift.t())  # Y Yᵀ − λ (Σ_i O_i O_iᵀ − O_k O_kᵀ)
-            vals, vecs = extreme_eigh(m, c, order)
+            m = torch.addmm(own_total, own[k].t(), own[k], beta=-lam, alpha=lam)  # −λ (Σ_i O_i O_iᵀ − O_k O_kᵀ)
+            vals, vecs = extreme_eigh(add_outer_lower_(m, drift), c, order)  # + Y Yᵀ
         else:
             own_k = torch.cat([own[i] for i in others])
             z = torch.cat([drift.t(), own_k]).t()  # column-major, as LAPACK wants it: no copy in geqrf
@@ -96,8 +95,8 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
             width, w_drift = z.shape[1], drift.shape[1]
             r = a[:width].triu()
             # R diag(1…, −λ…) Rᵀ by column blocks: the drift block of R is upper triangular (zero below w_drift)
-            reduced = -lam * (r[:, w_drift:] @ r[:, w_drift:].t())
-            reduced[:w_drift, :w_drift] += r[:w_drift, :w_drift] @ r[:w_drift, :w_drift].t()
+            reduced = add_outer_lower_(r.new_zeros(width, width), r[:, w_drift:], -lam)
+            reduced[:w_drift, :w_drift] += add_outer_lower_(r.new_zeros(w_drift, w_drift), r[:w_drift, :w_drift])
             vals, u = extreme_eigh(reduced, c, "top")
             u = u.to(z.device)
             vecs = torch.ormqr(a, tau, torch.cat([u, u.new_zeros(d_out - width, u.shape[1])]))
