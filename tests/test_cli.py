@@ -6,7 +6,8 @@ from mergeflow.cli import STAGES, main
 
 def test_help_lists_every_stage():
     out = subprocess.run([sys.executable, "-m", "mergeflow.cli", "--help"], capture_output=True, text=True).stdout
-    for stage in ("fetch", "prepare", "base", "heads", "finetune", "exemplars", "features", "merge", "evaluate", "report"):
+    stages = ("fetch", "prepare", "base", "heads", "finetune", "exemplars", "features", "merge", "evaluate", "report")
+    for stage in stages:
         assert stage in out and stage in STAGES
 
 

@@ -24,7 +24,8 @@ def test_generated_task_is_deterministic_and_split(tmp_path, task):
     assert (len(train), len(val), len(test)) == (36, 4, 20)
     img, label = train[0]
     assert img.size == (32, 32) and img.mode == "RGB" and 0 <= label < len(spec.classnames)
-    assert (tmp_path / "a" / task / "train.safetensors").read_bytes() == (tmp_path / "b" / task / "train.safetensors").read_bytes()
+    first, second = (tmp_path / run / task / "train.safetensors" for run in ("a", "b"))
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_prepare_writes_tensors_and_manifest(tmp_path):

@@ -212,7 +212,8 @@ def texture_field(rng: np.random.Generator, name: str) -> np.ndarray:
     elif name == "wavy":
         field = np.sin(two_pi * f * v + 2.5 * np.sin(two_pi * 1.5 * u + ph))
     elif name == "crosshatched":
-        field = np.maximum(np.cos(two_pi * f * (u + v) / math.sqrt(2)), np.cos(two_pi * f * (u - v) / math.sqrt(2))) - 0.7
+        field = np.maximum(np.cos(two_pi * f * (u + v) / math.sqrt(2)),
+                           np.cos(two_pi * f * (u - v) / math.sqrt(2))) - 0.7
     else:  # pragma: no cover
         raise ValueError(name)
     return (field > 0).astype(np.float32)

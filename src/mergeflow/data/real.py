@@ -221,10 +221,13 @@ _real("SVHN", ('a photo of the number: "{}".',),
       _svhn_load, SVHN_LAYOUT, [str(i) for i in range(10)])
 _real("GTSRB", ('a zoomed in photo of a "{}" traffic sign.', 'a centered photo of a "{}" traffic sign.',
                 'a close up photo of a "{}" traffic sign.'),
-      _tv_fetch("GTSRB", GTSRB_LAYOUT, lambda tvd, r: [tvd.GTSRB(r, split=s, download=True) for s in ("train", "test")]),
+      _tv_fetch("GTSRB", GTSRB_LAYOUT,
+                lambda tvd, r: [tvd.GTSRB(r, split=s, download=True) for s in ("train", "test")]),
       _gtsrb_load, GTSRB_LAYOUT, GTSRB_CLASSES)
-_real("DTD", tuple(f"a photo of {a} {{}} {b}." for a in ("a", "the") for b in ("texture", "pattern", "thing", "object")),
-      _tv_fetch("DTD", DTD_LAYOUT, lambda tvd, r: [tvd.DTD(r, split=s, download=True) for s in ("train", "val", "test")]),
+_real("DTD",
+      tuple(f"a photo of {a} {{}} {b}." for a in ("a", "the") for b in ("texture", "pattern", "thing", "object")),
+      _tv_fetch("DTD", DTD_LAYOUT,
+                lambda tvd, r: [tvd.DTD(r, split=s, download=True) for s in ("train", "val", "test")]),
       _dtd_load, DTD_LAYOUT)
 _real("EuroSAT", ("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
                   "a centered satellite photo of the {}."),

@@ -146,7 +146,10 @@ def fisher_diagonal(classifier, images: torch.Tensor, labels: torch.Tensor | Non
     for i in tqdm(range(len(images)), desc="fisher", mininterval=2.0, leave=False):
         logits = classifier(normalize_images(images[i:i + 1].to(device)))
         logp = F.log_softmax(logits, -1)[0]
-        y = int(labels[i]) if labels is not None else int(torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen))
+        if labels is not None:
+            y = int(labels[i])
+        else:
+            y = int(torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen))
         grads = torch.autograd.grad(logp[y], list(params.values()), allow_unused=True)
         for (k, _), g in zip(params.items(), grads, strict=True):
             if g is not None:

@@ -37,7 +37,8 @@ def known_architectures() -> list[str]:
 
 def _check_arch(arch: str) -> None:
     if arch not in known_architectures():
-        raise MergeflowError(f"model.arch: unknown architecture {arch!r}; e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
+        raise MergeflowError(f"model.arch: unknown architecture {arch!r}; "
+                             "e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
 
 
 def model_config(arch: str) -> dict:

@@ -44,7 +44,8 @@ def results_table(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
         m = read_json(paths.metrics(model))
         for task, v in m["tasks"].items():
             rows.append({"model": model, "task": task, "accuracy": v["accuracy"], "count": v["count"]})
-        rec = {"model": model, "average": m["average"], "normalized": m.get("normalized"), "drop_std": m.get("drop_std")}
+        rec = {"model": model, "average": m["average"], "normalized": m.get("normalized"),
+               "drop_std": m.get("drop_std")}
         if model not in ("zeroshot", "individual"):
             rep = read_json(paths.merge_report(model))
             rec.update({"method": rep["method"], "scale_name": rep["scale"]["name"], "scale": rep["scale"]["value"],

@@ -30,7 +30,7 @@ def pretrain_clip(model, arch: str, datasets: dict[str, tuple[torch.Tensor, torc
     torch.manual_seed(seed)
     images = torch.cat([d[0] for d in datasets.values()])
     captions, caption_of = [], []
-    for imgs, labels, names, templates in datasets.values():
+    for _imgs, labels, names, templates in datasets.values():
         offset = len(captions)
         captions += [t.format(n) for n in names for t in templates]
         caption_of += [(offset, len(templates), int(lab)) for lab in labels]
