@@ -38,7 +38,7 @@ def main() -> None:
             print(f"{starts[-1][1]:7.1f} s  {match.group(1)}", flush=True)
     code = proc.wait()
     total = time.perf_counter() - start
-    ends = [t for _, t in starts[1:]] + [total]
+    ends = [t for _, t in starts[1:]] + [total] if starts else []  # nothing ran: everything up to date
     stages = {name: round(end - t, 1) for (name, t), end in zip(starts, ends, strict=True)}
     print("\nstage wall times (s):")
     for name, wall in stages.items():
