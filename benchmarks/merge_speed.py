@@ -89,9 +89,7 @@ def run_one(method: str, n_experts: int, device: str) -> dict:
     pre = {k: v.to(dev) for k, v in pre.items()}
     experts = {t: {k: v.to(dev) for k, v in s.items()} for t, s in experts.items()}
     if stats:
-        from mergeflow.features import TaskStats
-
-        stats = {t: TaskStats.from_tensors({k: v.to(dev) for k, v in s.to_tensors().items()}) for t, s in stats.items()}
+        stats = {t: s.to(dev) for t, s in stats.items()}
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -121,6 +121,16 @@ def test_task_stats_round_trip_and_bad_tensor():
         TaskStats.from_tensors({"bogus/x": torch.zeros(1)}, "f.safetensors")
 
 
+def test_task_stats_to_moves_every_tensor_and_keeps_rows():
+    st = TaskStats(gram={"w": torch.eye(2)}, sqnorm={"ln": torch.ones(2)}, rows={"w": 5, "ln": 5},
+                   fisher={"w": torch.ones(2, 2)}, grad={"w": torch.zeros(2, 2)})
+    moved = st.to("meta")
+    fields = ("gram", "sqnorm", "fisher", "grad")
+    assert all(v.device.type == "meta" for f in fields for v in getattr(moved, f).values())
+    assert moved.rows == {"w": 5, "ln": 5} and moved.kinds() == st.kinds()
+    assert st.gram["w"].device.type == "cpu"  # a copy: the original stays where it was
+
+
 def test_unknown_variant_is_refused():
     from mergeflow.config import Variant
 

@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from conftest import perturbed
-from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
 from test_merge import _gram_stats
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
-def _to(stats: dict[str, TaskStats], device: str) -> dict[str, TaskStats]:
-    return {t: TaskStats.from_tensors({k: v.to(device) for k, v in s.to_tensors().items()}) for t, s in stats.items()}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -28,7 +23,7 @@ def test_cuda_merge_equals_cpu_merge(micro_state, name):
     on_cpu = merge(name, micro_state, experts, stats=stats, **hp)
     on_gpu = merge(name, {k: v.cuda() for k, v in micro_state.items()},
                    {t: {k: v.cuda() for k, v in sd.items()} for t, sd in experts.items()},
-                   stats=_to(stats, "cuda"), **hp)
+                   stats={t: s.to("cuda") for t, s in stats.items()}, **hp)
     # float32 on different BLAS and solvers: agreement to a small fraction of the parameter's scale; LOT solves
     # a linear system in float32 (its pseudo-inverse amplifies round-off by the Grams' condition, ~1e3 here:
     # 1.5e-4 was seen on an H100)

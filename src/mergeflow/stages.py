@@ -316,10 +316,7 @@ def merge(cfg: Config, run_name: str) -> Path:
     dev_experts = {t: {k: v.to(device) for k, v in sd.items()} for t, sd in experts.items()}
     dev_stats = stats
     if stats is not None and device.type != "cpu":
-        from mergeflow.features.stats import TaskStats
-
-        dev_stats = {t: TaskStats.from_tensors({k: v.to(device) for k, v in s.to_tensors().items()})
-                     for t, s in stats.items()}
+        dev_stats = {t: s.to(device) for t, s in stats.items()}
     diagnostics: dict = {}
     start = time.time()
     merged = do_merge(run.method, dev_pre, dev_experts, stats=dev_stats, diagnostics=diagnostics, **hp)

@@ -37,6 +37,12 @@ class TaskStats:
                 out[f"{name}/{key}"] = torch.tensor(value, dtype=torch.int64) if name == "rows" else value
         return out
 
+    def to(self, device: torch.device | str) -> TaskStats:
+        """A copy with every tensor on ``device`` (the row counts are plain integers)."""
+        moved = {name: {k: v.to(device) for k, v in getattr(self, name).items()}
+                 for name in _FIELDS if name != "rows"}
+        return TaskStats(rows=dict(self.rows), **moved)
+
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], source: str = "statistics") -> TaskStats:
         stats = cls()
