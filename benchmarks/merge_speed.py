@@ -7,6 +7,7 @@ gradients per parameter). Each method runs in its own process so that peak memor
 
     python benchmarks/merge_speed.py                 # every method, CPU (and CUDA when present)
     python benchmarks/merge_speed.py --methods cat lot --device cpu --experts 8
+    python benchmarks/merge_speed.py --methods cat --device cpu --profile 15   # where the time goes
 """
 
 from __future__ import annotations
@@ -74,7 +75,26 @@ def statistics(pre, tasks, kinds: set[str], exemplars: int, seed: int = 0):
     return out
 
 
-def run_one(method: str, n_experts: int, device: str) -> dict:
+def _profiled(call, device, top: int):
+    """Run ``call()`` under cProfile (CPU: LAPACK and BLAS calls show up by name) or torch's profiler
+    (CUDA: kernel time per operator) and print the ``top`` entries; the wall time then includes the
+    profiler's overhead."""
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            call()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top))
+        return
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(call)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
+def run_one(method: str, n_experts: int, device: str, profile: int = 0) -> dict:
     import torch
 
     from mergeflow.merge import METHODS, merge
@@ -95,7 +115,10 @@ def run_one(method: str, n_experts: int, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    merge(method, pre, experts, stats=stats, **fn_hp)
+    if profile:
+        _profiled(lambda: merge(method, pre, experts, stats=stats, **fn_hp), dev, profile)
+    else:
+        merge(method, pre, experts, stats=stats, **fn_hp)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -114,9 +137,11 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one method
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N most expensive calls of each method (cProfile on CPU, torch on CUDA)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.methods[0], args.experts, args.device[0])))
+        print(json.dumps(run_one(args.methods[0], args.experts, args.device[0], args.profile)))
         return
     import torch
 
@@ -126,11 +151,15 @@ def main() -> None:
     for device in devices:
         for method in args.methods:
             out = subprocess.run([sys.executable, __file__, "--one", "--methods", method, "--experts",
-                                  str(args.experts), "--device", device], capture_output=True, text=True)
+                                  str(args.experts), "--device", device, "--profile", str(args.profile)],
+                                 capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{method:18s} {device:6s} failed: {out.stderr.strip().splitlines()[-1:]}")
                 continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            *profile_lines, last = out.stdout.strip().splitlines()
+            if args.profile:
+                print("\n".join(profile_lines))
+            row = json.loads(last)
             rows.append(row)
             note = "GPU peak allocated" if device == "cuda" else "process max RSS"
             print(f"{method:18s} {device:6s} {row['wall_s']:8.2f} {row['peak_mib']:9d}  ({note})", flush=True)
