@@ -7,7 +7,7 @@ from conftest import perturbed
 from mergeflow.errors import MergeflowError
 from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
-from mergeflow.merge.cat import cat_bases, gram_factor, project_out
+from mergeflow.merge.cat import cat_bases, gram_factor, project_out, trimmed_total
 from mergeflow.merge.common import add_outer_lower_, polar_factor, top_singular
 from mergeflow.merge.lot import lot_linear
 from mergeflow.merge.pcb import pcb_vector
@@ -153,7 +153,7 @@ def test_cat_basis_maximises_objective():
     g = torch.Generator().manual_seed(1)
     ws = [torch.randn(12, 8, generator=g) for _ in range(3)]
     xs = [torch.randn(3, 8, generator=g) for _ in range(3)]
-    factors = [gram_factor(x.t() @ x, 3, g) for x in xs]
+    factors = [gram_factor(x.t() @ x, 3) for x in xs]
     lam, c = 0.5, 3
     basis, values, _ = cat_bases(ws, factors, c, lam, "top")[0]
     m = sum(ws[i] @ (xs[0].t() @ xs[0] - lam * xs[i].t() @ xs[i]) @ ws[i].t() for i in (1, 2))
@@ -180,12 +180,17 @@ def test_add_outer_lower_adds_the_outer_product_in_the_lower_triangle(dtype):
 def test_gram_factor_is_exact_and_as_wide_as_the_rows():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(6, 40, generator=g, dtype=torch.float64)  # 6 feature rows, d_in = 40: rank 6
-    factor = gram_factor(x.t() @ x, 6, g)
-    assert factor.shape == (40, 6)  # the range finder's extra probe directions are dropped
+    factor = gram_factor(x.t() @ x, 6)
+    assert factor.shape == (40, 6)  # pivoted Cholesky: exact after as many steps as there are rows
     torch.testing.assert_close(factor @ factor.t(), x.t() @ x)
-    full = gram_factor(x.t() @ x, 10**9, g)  # rows unknown: a full eigendecomposition, null space dropped
+    full = gram_factor(x.t() @ x, 10**9)  # rows unknown: a full eigendecomposition, null space dropped
     assert full.shape == (40, 6)
     torch.testing.assert_close(full @ full.t(), x.t() @ x)
+    low = torch.randn(6, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 40, generator=g, dtype=torch.float64)
+    factor = gram_factor(low.t() @ low, 6)  # 6 rows of rank 2: the factorisation stops after 2 steps
+    assert factor.shape == (40, 2)
+    torch.testing.assert_close(factor @ factor.t(), low.t() @ low)
+    assert gram_factor(torch.zeros(5, 5), 2).shape == (5, 0)
 
 
 def _explicit_m(ws, xs, k, lam):
@@ -197,7 +202,7 @@ def test_cat_span_path_matches_the_explicit_eigenproblem():
     g = torch.Generator().manual_seed(2)
     ws = [torch.randn(40, 8, generator=g, dtype=torch.float64) for _ in range(3)]
     xs = [torch.randn(2, 8, generator=g, dtype=torch.float64) for _ in range(3)]
-    factors = [gram_factor(x.t() @ x, 2, g) for x in xs]
+    factors = [gram_factor(x.t() @ x, 2) for x in xs]
     for k, (basis, values, drift) in enumerate(cat_bases(ws, factors, 3, 0.3, "top")):
         m = _explicit_m(ws, xs, k, 0.3)
         eig = torch.linalg.eigvalsh(m).flip(0)[:3]
@@ -211,7 +216,7 @@ def test_cat_bottom_order_takes_the_smallest_eigenvalues():
     g = torch.Generator().manual_seed(3)
     ws = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
     xs = [torch.randn(4, 5, generator=g, dtype=torch.float64) for _ in range(3)]
-    factors = [gram_factor(x.t() @ x, 4, g) for x in xs]
+    factors = [gram_factor(x.t() @ x, 4) for x in xs]
     basis, values, _ = cat_bases(ws, factors, 2, 2.0, "bottom")[1]
     torch.testing.assert_close(values, torch.linalg.eigvalsh(_explicit_m(ws, xs, 1, 2.0))[:2])
     assert basis.shape == (6, 2)
@@ -231,6 +236,15 @@ def test_cat_projections_apply_in_task_order():
     rescaled = project_out(w, bases, rescale=True)
     torch.testing.assert_close(rescaled.norm(), w.norm())
     torch.testing.assert_close(rescaled / rescaled.norm(), expected / expected.norm())
+
+
+def test_cat_trimmed_total_equals_the_sum_of_the_trimmed_vectors():
+    g = torch.Generator().manual_seed(6)
+    ws = [torch.randn(10, 7, generator=g, dtype=torch.float64) for _ in range(3)]
+    bases = [torch.linalg.qr(torch.randn(10, c, generator=g, dtype=torch.float64))[0] for c in (2, 0, 3)]
+    for rescale in (False, True):
+        expected = sum(project_out(w, [b for k, b in enumerate(bases) if k != i], rescale) for i, w in enumerate(ws))
+        torch.testing.assert_close(trimmed_total(ws, bases, rescale), expected)
 
 
 def test_cat_huge_lambda_trims_no_linear_weight(setup):
