@@ -78,7 +78,11 @@ def statistics(pre, tasks, kinds: set[str], exemplars: int, seed: int = 0):
 def _profiled(call, device, top: int):
     """Run ``call()`` under cProfile (CPU: LAPACK and BLAS calls show up by name) or torch's profiler
     (CUDA: kernel time per operator) and print the ``top`` entries; the wall time then includes the
-    profiler's overhead."""
+    profiler's overhead. cProfile sees one thread only, so on CPU the call runs with one torch and one BLAS
+    thread: methods that spread units over threads (CAT) then run them one after another, and the profile
+    is the work the threads share out."""
+    import torch
+
     if device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -89,8 +93,16 @@ def _profiled(call, device, top: int):
     import cProfile
     import pstats
 
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
     profiler = cProfile.Profile()
-    profiler.runcall(call)
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(1, user_api="blas"):
+            profiler.runcall(call)
+    finally:
+        torch.set_num_threads(threads)
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 

@@ -8,7 +8,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
 from mergeflow.merge.cat import cat_bases, gram_factor, project_out, trimmed_total
-from mergeflow.merge.common import add_outer_lower_, polar_factor, top_singular
+from mergeflow.merge.common import add_outer_lower_, polar_factor, run_threaded, top_singular
 from mergeflow.merge.lot import lot_linear
 from mergeflow.merge.pcb import pcb_vector
 from mergeflow.merge.tatr import cross_magnitude
@@ -245,6 +245,46 @@ def test_cat_trimmed_total_equals_the_sum_of_the_trimmed_vectors():
     for rescale in (False, True):
         expected = sum(project_out(w, [b for k, b in enumerate(bases) if k != i], rescale) for i, w in enumerate(ws))
         torch.testing.assert_close(trimmed_total(ws, bases, rescale), expected)
+
+
+def test_run_threaded_keeps_the_key_order_restores_threads_and_raises():
+    threads = torch.get_num_threads()
+    keys = [f"k{i}" for i in range(7)]
+    out = run_threaded(lambda k: torch.full((2,), float(k[1:])), keys, {k: int(k[1:]) for k in keys}, 2, "test")
+    assert list(out) == keys and [float(v[0]) for v in out.values()] == list(range(7))
+    assert torch.get_num_threads() == threads
+
+    def failing(key):
+        if key == "k3":
+            raise MergeflowError("unit k3 is broken")
+        return torch.zeros(1)
+
+    with pytest.raises(MergeflowError, match="unit k3 is broken"):
+        run_threaded(failing, keys, {k: 1 for k in keys}, 2, "test")
+    assert torch.get_num_threads() == threads
+
+
+def test_cat_on_threads_matches_one_unit_at_a_time_and_repeats_exactly(setup):
+    pre, experts, stats = setup
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one thread: units one after another
+        one_diag: dict = {}
+        one = merge("cat", pre, experts, stats=stats, diagnostics=one_diag)
+        torch.set_num_threads(2)  # two threads: two units side by side, each single-threaded
+        runs = []
+        for _ in range(2):
+            diag: dict = {}
+            runs.append((merge("cat", pre, experts, stats=stats, diagnostics=diag), diag))
+    finally:
+        torch.set_num_threads(threads)
+    (two, two_diag), (again, again_diag) = runs
+    for k in pre:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(two[k], again[k]), k  # each unit single-threaded: the same bytes every time
+    assert list(two_diag["units"]) == list(one_diag["units"])  # parameter order, q/k/v within in_proj
+    assert list(two_diag["ln_masked"]) == list(one_diag["ln_masked"])
+    assert two_diag == again_diag
 
 
 def test_cat_huge_lambda_trims_no_linear_weight(setup):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import add_outer_lower_, extreme_eigh, merge_by_unit
+from mergeflow.merge.common import add_outer_lower_, cpu_workers, extreme_eigh, merge_by_unit
 from mergeflow.merge.registry import HParam, Need, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
@@ -253,8 +253,8 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
     """Trim each task vector of the components that conflict with other tasks, then task arithmetic.
 
     A unit's bases and masks come from its untrimmed vectors; then every ``T_i`` is trimmed by every
-    other task's basis or mask in task order. Units are independent, so they are processed one at a
-    time: only one parameter's K task vectors are ever held.
+    other task's basis or mask in task order. Units are independent: only the K task vectors of the units
+    in progress are held, and on CPU as many units run side by side as torch has threads.
     """
     tasks = list(experts)
     extra = tuple(hp["linear_extra"])
@@ -273,8 +273,14 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
             vecs = _apply_masks(vecs, _shift_masks(vecs, hp["c_shift"]), hp["rescale"])
         return torch.stack(vecs).sum(0)
 
-    merged = merge_by_unit(pretrained, experts, trimmed_sum, hp["alpha"], "CAT")
-    if diagnostics is not None:
-        diagnostics["units"] = eig_diag
-        diagnostics["ln_masked"] = ln_masked
+    merged = merge_by_unit(pretrained, experts, trimmed_sum, hp["alpha"], "CAT", workers=cpu_workers(pretrained))
+    if diagnostics is not None:  # in parameter order (q, k, v within in_proj), whichever thread finished first
+        position = {key: i for i, key in enumerate(pretrained)}
+
+        def place(unit: str) -> tuple[int, int]:
+            key, _, block = unit.partition("[")
+            return position[key], "qkv".find(block[:1])
+
+        diagnostics["units"] = {unit: eig_diag[unit] for unit in sorted(eig_diag, key=place)}
+        diagnostics["ln_masked"] = {key: ln_masked[key] for key in sorted(ln_masked, key=place)}
     return merged

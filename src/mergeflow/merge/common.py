@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
+
+from mergeflow.merge.lapack import syevx_lower, syrk_lower
 
 COMPUTE = torch.float32
 CHUNK = 1 << 22  # columns per pass of the elementwise work over stacked task vectors (16 MiB a row)
@@ -37,18 +38,64 @@ def stacked_task_vectors(pretrained, experts, keys: list[str]) -> torch.Tensor:
 
 
 def merge_by_unit(pretrained, experts, delta: Callable[[str, list[torch.Tensor]], torch.Tensor], scale: float,
-                  desc: str) -> dict[str, torch.Tensor]:
+                  desc: str, workers: int = 1) -> dict[str, torch.Tensor]:
     """``θ_pre + scale · delta(key, [T_1 … T_K])`` one parameter at a time, for methods whose units are
-    independent: only one parameter's K task vectors are held, never all of them. Non-floating tensors are copied."""
+    independent: only ``workers`` parameters' K task vectors are held at once, never all of them.
+    Non-floating tensors are copied. ``workers > 1`` runs units side by side on CPU threads
+    (:func:`run_threaded`); ``delta`` must then be safe to call from several threads."""
     tasks = list(experts)
-    merged = {}
-    for key, pre in tqdm(pretrained.items(), desc=desc, unit="param", leave=False, mininterval=5.0):
+
+    def unit(key: str) -> torch.Tensor:
+        pre = pretrained[key]
         if not pre.is_floating_point():
-            merged[key] = pre.clone()
-            continue
+            return pre.clone()
         base = pre.to(COMPUTE)
-        merged[key] = (base + scale * delta(key, [experts[t][key].to(COMPUTE) - base for t in tasks])).to(pre.dtype)
-    return merged
+        return (base + scale * delta(key, [experts[t][key].to(COMPUTE) - base for t in tasks])).to(pre.dtype)
+
+    keys = list(pretrained)
+    on_cpu = all(v.device.type == "cpu" for v in pretrained.values())
+    if workers > 1 and on_cpu:
+        return run_threaded(unit, keys, {k: pretrained[k].numel() for k in keys}, workers, desc)
+    return {key: unit(key) for key in tqdm(keys, desc=desc, unit="param", leave=False, mininterval=5.0)}
+
+
+def cpu_workers(pretrained: dict[str, torch.Tensor]) -> int:
+    """Threads for :func:`merge_by_unit`: the process's torch thread count on CPU, one on a GPU."""
+    on_cpu = all(v.device.type == "cpu" for v in pretrained.values())
+    return torch.get_num_threads() if on_cpu else 1
+
+
+def run_threaded(fn: Callable[[str], torch.Tensor], keys: list[str], sizes: dict[str, int], workers: int,
+                 desc: str) -> dict[str, torch.Tensor]:
+    """``{key: fn(key)}``, the keys spread over ``workers`` threads, each running its torch and BLAS calls on
+    one core.
+
+    One core per unit and several units at once beats every core on one unit when a unit's work is
+    dominated by calls that cannot use two cores well (memory-bound eigensolvers on matrices of a few
+    hundred rows). Each unit's arithmetic is single-threaded, so its result does not depend on which
+    thread ran it or when. Largest units go first so that the threads finish together.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        with threadpool_limits(1, user_api="blas"), \
+                ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(fn, key): key for key in sorted(keys, key=lambda k: -sizes[k])}
+            try:
+                for done in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="param", leave=False,
+                                 mininterval=5.0):
+                    results[futures[done]] = done.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)  # the workers' setting is process-wide for threads started later
+    return {key: results[key] for key in keys}
 
 
 def add_scaled(pretrained, delta: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
@@ -96,18 +143,12 @@ def add_outer_lower_(m: torch.Tensor, a: torch.Tensor, alpha: float = 1.0) -> to
     """``m += alpha · a aᵀ`` in place, guaranteed in ``m``'s lower triangle only.
 
     On CPU, BLAS ``syrk`` computes one triangle: half the flops of the full product, which is what
-    :func:`extreme_eigh` reads. Elsewhere (or for a non-contiguous ``m``) the full product is added.
+    :func:`extreme_eigh` reads; it runs without the GIL (:mod:`mergeflow.merge.lapack`). Elsewhere (or for a
+    non-contiguous ``m``) the full product is added.
     """
     if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64) and m.is_contiguous() \
             and a.dtype == m.dtype:
-        from scipy.linalg import blas
-
-        syrk = blas.ssyrk if m.dtype == torch.float32 else blas.dsyrk
-        # m is row-major, so m.numpy().T is m in column-major order and its upper triangle is m's lower one
-        target = m.numpy().T
-        out = syrk(alpha, a.numpy(), beta=1.0, c=target, trans=0, lower=0, overwrite_c=1)
-        if not np.shares_memory(out, target):  # BLAS worked on a copy
-            target[...] = out
+        syrk_lower(m.numpy(), a.numpy(), alpha)
         return m
     return m.addmm_(a, a.t(), alpha=alpha)
 
@@ -117,15 +158,14 @@ def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, tor
     Only the lower triangle of ``m`` is read.
 
     On CPU, LAPACK's ``syevx`` for an index subset skips the vectors nobody asked for: 2.2× faster than a
-    full ``eigh`` at d = 768, 2.9× at d = 1400. On a GPU the full ``eigh`` is the fast one.
+    full ``eigh`` at d = 768, 2.9× at d = 1400; it runs without the GIL (:mod:`mergeflow.merge.lapack`). On a
+    GPU the full ``eigh`` is the fast one.
     """
     n = m.shape[0]
     c = min(c, n)
     lo, hi = (n - c, n - 1) if order == "top" else (0, c - 1)
     if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
-        import scipy.linalg
-
-        vals, vecs = scipy.linalg.eigh(m.numpy(), subset_by_index=[lo, hi], driver="evx", check_finite=False)
+        vals, vecs = syevx_lower(m.numpy(), lo, hi)
         return torch.from_numpy(vals), torch.from_numpy(vecs)
     vals, vecs = torch.linalg.eigh(m)
     return vals[lo:hi + 1], vecs[:, lo:hi + 1]
