@@ -60,3 +60,10 @@ def test_syevx_lower_agrees_with_torch_on_a_cat_sized_problem():
     torch.testing.assert_close(torch.from_numpy(values).double(), expected, rtol=1e-5, atol=1e-4)
     v = torch.from_numpy(np.ascontiguousarray(vectors))
     torch.testing.assert_close(v.t() @ m @ v, torch.diag(torch.from_numpy(values)), rtol=1e-4, atol=1e-3)
+
+
+def test_extreme_eigh_with_no_pair_asked_for_returns_empty_tensors():
+    from mergeflow.merge.common import extreme_eigh
+
+    values, vectors = extreme_eigh(torch.eye(4), 0, "top")
+    assert values.shape == (0,) and vectors.shape == (4, 0)
