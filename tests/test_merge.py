@@ -212,6 +212,22 @@ def test_cat_span_path_matches_the_explicit_eigenproblem():
         torch.testing.assert_close(drift, float(sum((ws[i] @ xs[k].t()).square().sum() for i in range(3) if i != k)))
 
 
+@pytest.mark.parametrize("d_out", [6, 40])  # M_k formed, and the span path
+def test_cat_bases_with_an_all_zero_gram(d_out):
+    # a task whose layer input is all zero has an empty Gram factor: no drift of its own, no own term
+    g = torch.Generator().manual_seed(7)
+    ws = [torch.randn(d_out, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    xs = [torch.randn(2, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    xs[1] = torch.zeros(2, 8, dtype=torch.float64)
+    factors = [gram_factor(x.t() @ x, 2) for x in xs]
+    assert factors[1].shape == (8, 0)
+    for k, (basis, values, drift) in enumerate(cat_bases(ws, factors, 2, 0.3, "top")):
+        eig = torch.linalg.eigvalsh(_explicit_m(ws, xs, k, 0.3)).flip(0)[:2]
+        torch.testing.assert_close(values, eig[eig > 1e-9])
+        assert basis.shape == (d_out, len(values))
+        torch.testing.assert_close(drift, float(sum((ws[i] @ xs[k].t()).square().sum() for i in range(3) if i != k)))
+
+
 def test_cat_bottom_order_takes_the_smallest_eigenvalues():
     g = torch.Generator().manual_seed(3)
     ws = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]

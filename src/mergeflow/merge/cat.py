@@ -87,7 +87,7 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
     blocks = [products[offsets[j]:offsets[j + 1]] for j in range(n)]  # row j: [L_jᵀ W_iᵀ]_i, contiguous
     own = [blocks[i][:, i * d_out:(i + 1) * d_out] for i in range(n)]  # L_iᵀ W_iᵀ
     # ‖W_i L_j‖² for every pair, in one pass: row j, column i
-    energy = torch.stack([torch.linalg.vector_norm(b.view(-1, n, d_out), dim=(0, 2)) ** 2 for b in blocks])
+    energy = torch.stack([torch.linalg.vector_norm(b.view(len(b), n, d_out), dim=(0, 2)) ** 2 for b in blocks])
     own_total = None
     out = []
     for k in range(n):
@@ -100,13 +100,14 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
                 own_total = add_outer_lower_(products.new_zeros(d_out, d_out), torch.cat(own).t())
             # Σ_i W_i G_k W_iᵀ (every i: blocks[k] is contiguous, no gather) − λ Σ_i W_i G_i W_iᵀ, then the
             # i = k terms put right: − W_k G_k W_kᵀ + λ W_k G_k W_kᵀ
-            m = add_outer_lower_(own_total * -lam, blocks[k].view(-1, d_out).t())
+            m = add_outer_lower_(own_total * -lam, blocks[k].view(len(blocks[k]) * n, d_out).t())
             vals, vecs = extreme_eigh(add_outer_lower_(m, own[k].t(), lam - 1.0), c, order)
         else:
             # zᵀ = [Y_k, X_k]ᵀ filled in place, so that z is column-major, as LAPACK wants it: no copy in geqrf
             zt = products.new_empty(width, d_out)
-            torch.index_select(blocks[k].view(-1, n, d_out), 1, torch.tensor(others, device=products.device),
-                               out=zt[:w_drift].view(-1, n - 1, d_out))
+            rows_k = len(blocks[k])
+            torch.index_select(blocks[k].view(rows_k, n, d_out), 1, torch.tensor(others, device=products.device),
+                               out=zt[:w_drift].view(rows_k, n - 1, d_out))
             row = w_drift
             for i in others:
                 zt[row:row + own[i].shape[0]] = own[i]
