@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import add_outer_lower_, cpu_workers, extreme_eigh, merge_by_unit
+from mergeflow.merge.common import add_outer_lower_, extreme_eigh, merge_by_unit
 from mergeflow.merge.registry import HParam, Need, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
@@ -274,7 +274,7 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
             vecs = _apply_masks(vecs, _shift_masks(vecs, hp["c_shift"]), hp["rescale"])
         return torch.stack(vecs).sum(0)
 
-    merged = merge_by_unit(pretrained, experts, trimmed_sum, hp["alpha"], "CAT", workers=cpu_workers(pretrained))
+    merged = merge_by_unit(pretrained, experts, trimmed_sum, hp["alpha"], "CAT", workers=None)
     if diagnostics is not None:  # in parameter order (q, k, v within in_proj), whichever thread finished first
         position = {key: i for i, key in enumerate(pretrained)}
 

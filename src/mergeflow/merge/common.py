@@ -38,11 +38,12 @@ def stacked_task_vectors(pretrained, experts, keys: list[str]) -> torch.Tensor:
 
 
 def merge_by_unit(pretrained, experts, delta: Callable[[str, list[torch.Tensor]], torch.Tensor], scale: float,
-                  desc: str, workers: int = 1) -> dict[str, torch.Tensor]:
+                  desc: str, workers: int | None = 1) -> dict[str, torch.Tensor]:
     """``θ_pre + scale · delta(key, [T_1 … T_K])`` one parameter at a time, for methods whose units are
     independent: only ``workers`` parameters' K task vectors are held at once, never all of them.
-    Non-floating tensors are copied. ``workers > 1`` runs units side by side on CPU threads
-    (:func:`run_threaded`); ``delta`` must then be safe to call from several threads."""
+    Non-floating tensors are copied. On CPU, ``workers > 1`` (``None``: as many as torch has threads) runs
+    units side by side on threads (:func:`run_threaded`); ``delta`` must then be safe to call from several
+    threads. On a GPU units always run one at a time."""
     tasks = list(experts)
 
     def unit(key: str) -> torch.Tensor:
@@ -53,16 +54,10 @@ def merge_by_unit(pretrained, experts, delta: Callable[[str, list[torch.Tensor]]
         return (base + scale * delta(key, [experts[t][key].to(COMPUTE) - base for t in tasks])).to(pre.dtype)
 
     keys = list(pretrained)
-    on_cpu = all(v.device.type == "cpu" for v in pretrained.values())
-    if workers > 1 and on_cpu:
+    workers = torch.get_num_threads() if workers is None else workers
+    if workers > 1 and all(v.device.type == "cpu" for v in pretrained.values()):
         return run_threaded(unit, keys, {k: pretrained[k].numel() for k in keys}, workers, desc)
     return {key: unit(key) for key in tqdm(keys, desc=desc, unit="param", leave=False, mininterval=5.0)}
-
-
-def cpu_workers(pretrained: dict[str, torch.Tensor]) -> int:
-    """Threads for :func:`merge_by_unit`: the process's torch thread count on CPU, one on a GPU."""
-    on_cpu = all(v.device.type == "cpu" for v in pretrained.values())
-    return torch.get_num_threads() if on_cpu else 1
 
 
 def run_threaded(fn: Callable[[str], torch.Tensor], keys: list[str], sizes: dict[str, int], workers: int,

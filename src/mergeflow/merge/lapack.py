@@ -79,8 +79,9 @@ def syevx_lower(a: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
               ctypes.c_int(lwork), iwork, ifail, info)
 
     query = np.empty(1, dtype=a.dtype)
-    call(query, -1)
-    call(np.empty(max(int(query[0]), 8 * n), dtype=a.dtype), max(int(query[0]), 8 * n))
+    call(query, -1)  # workspace query: the optimal size lands in query[0]
+    lwork = max(int(query[0]), 8 * n)
+    call(np.empty(lwork, dtype=a.dtype), lwork)
     if info.value != 0:
         raise np.linalg.LinAlgError(f"LAPACK {prefix}syevx failed (info = {info.value})")
     return values[:found.value], vectors[:found.value].T
