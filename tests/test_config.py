@@ -83,3 +83,11 @@ def test_clip8_config_loads():
     assert cfg.model.arch == "ViT-B-32" and cfg.model.pretrained == "openai"
     assert sorted(cfg.tasks) == sorted(["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"])
     assert cfg.finetune.lr == 1e-5 and cfg.finetune.batch_size == 128
+
+
+def test_variant_at_scale_auto_stands_for_the_grid():
+    v = config.Variant.parse("gram-aauto-n2-s0")
+    assert v.is_grid and v.name == "gram-aauto-n2-s0"
+    with pytest.raises(config.MergeflowError, match="scale auto stands for every value of evaluate.scale_grid"):
+        _ = v.scale_value
+    assert not config.Variant.parse("gram-a0.4-n2-s0").is_grid

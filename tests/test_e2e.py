@@ -16,13 +16,14 @@ from dag_tools import BIN, engine_env, snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
-PIPELINE = ["dvc.yaml", "Snakefile", "workflow"]
+PIPELINE = ["dvc.yaml", "Snakefile", "workflow", "src/mergeflow/models/pretrained"]  # the last: the base's input
 
 
 def _workspace(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for name in PIPELINE:
         src = ROOT / name
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, path / name)
     shutil.copy(TINY, path / "params.yaml")
     return path
@@ -122,6 +123,19 @@ def test_changing_cat_alpha_adds_cat_features(dvc_ws):
     assert any(s.startswith("features") for s in ran), ran
     assert not any(s.startswith(("finetune", "merge@lot", "merge@ties", "base", "heads")) for s in ran), ran
     assert (dvc_ws / "data" / "features" / "gram-a0.6-n2-s0").is_dir()
+
+
+def test_cat_alpha_auto_builds_statistics_per_grid_value_and_picks_on_validation(dvc_ws):
+    _edit(dvc_ws, lambda p: p["merge"]["cat"].update(alpha="auto"))
+    ran = _dvc_repro(dvc_ws)
+    assert {"merge@cat", "report"} <= ran and any(s.startswith("features") for s in ran), ran
+    folder = dvc_ws / "data" / "features" / "gram-aauto-n2-s0"
+    # grid [0, 0.3, 1.0]: scale 0 is the pre-trained model and needs no statistics
+    assert sorted(p.name for p in folder.iterdir()) == [f"{t}.a{s}.safetensors" for t in ("digits", "shapes")
+                                                        for s in (0.3, 1.0)]
+    scale = json.loads((dvc_ws / "reports" / "merge" / "cat.json").read_text())["scale"]
+    assert scale["chosen_by"] == "validation" and [p["scale"] for p in scale["grid"]] == [0.0, 0.3, 1.0]
+    assert scale["value"] in (0.0, 0.3, 1.0) and scale["on_edge"] == (scale["value"] != 0.3)
 
 
 def test_changing_finetune_reruns_experts_and_everything_after(dvc_ws):

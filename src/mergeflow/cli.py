@@ -13,6 +13,7 @@ import sys
 STAGES = {
     "fetch": "put every task's (or one task's) raw data under data/raw/<task>/ (generate, download or check)",
     "prepare": "decode and resize every task's (or one's) train/val/test splits into data/prepared/<task>/",
+    "pretrain": "pre-train model.arch by the pretrain block and write weights to ship (model.pretrained: <tag>)",
     "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
     "heads": "build the zero-shot heads of every task (or one) from the text tower",
     "finetune": "fine-tune the image encoder on every task (or one): models/experts/<task>.safetensors",
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--task", default=None, help="one task (default: every task of data.tasks)")
         if name == "features":
             p.add_argument("--variant", required=True, help="<kind>-a<scale>-n<count>-s<seed>, e.g. gram-a0.4-n2-s0")
+        if name == "pretrain":
+            p.add_argument("--tag", default="offline", help="the name model.pretrained will load them by")
+            p.add_argument("--out", default=None, help="folder (default: the package's shipped weights)")
+            p.add_argument("--steps", type=int, default=None,
+                           help="stop after this many steps of the schedule (checks that a run starts as recorded)")
         if name == "exemplars":
             p.add_argument("--seed", type=int, default=None, help="another exemplar seed than exemplars.seed")
         if name == "merge":
@@ -77,6 +83,8 @@ def _run(args: argparse.Namespace) -> None:
     elif stage == "prepare":
         for task in _tasks(args, cfg):
             stages.prepare(cfg, task)
+    elif stage == "pretrain":
+        print(stages.pretrain(cfg, args.tag, args.out, args.steps))
     elif stage == "base":
         stages.base(cfg)
     elif stage == "heads":

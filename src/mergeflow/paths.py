@@ -46,8 +46,10 @@ def exemplars(task: str) -> Path:
     return EXEMPLARS / f"{task}.json"
 
 
-def features(variant: str, task: str) -> Path:
-    return FEATURES / variant / f"{task}.safetensors"
+def features(variant: str, task: str, scale: float | None = None) -> Path:
+    """A task's statistics; ``scale`` picks one value of a grid variant (``gram-aauto-…``)."""
+    name = task if scale is None else f"{task}.a{scale}"
+    return FEATURES / variant / f"{name}.safetensors"
 
 
 def merged(run: str) -> Path:

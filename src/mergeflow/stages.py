@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mergeflow import paths
 from mergeflow.config import Config, Variant
@@ -81,28 +82,88 @@ def prepare(cfg: Config, task: str) -> Path:
 
 # --- models -----------------------------------------------------------------------------------------
 def base(cfg: Config) -> Path:
-    """Pre-train the offline base, or load the pre-trained weights; save ``models/base/``."""
-    from mergeflow.data import get_task
-    from mergeflow.data.prepared import classnames, load_prepared
-    from mergeflow.device import resolve
+    """Pre-train the offline base on the generated corpus, or load pre-trained weights; save ``models/base/``."""
     from mergeflow.models import create_model, save_base
-    from mergeflow.train.pretrain import pretrain_clip
+    from mergeflow.models.factory import shipped_checkpoint, shipped_tags
 
     arch, pretrained = cfg.model.arch, cfg.model.pretrained
-    model = create_model(arch, pretrained, seed=cfg.seed)
-    log = {"arch": arch, "pretrained": pretrained}
     if pretrained is None:
-        data = {}
-        for task in cfg.tasks:
-            images, labels = load_prepared(task, "train")
-            data[task] = (images, labels, classnames(task), list(get_task(task).templates))
-        p = cfg.pretrain
-        log["pretrain"] = pretrain_clip(model, arch, data, steps=p.steps, batch_size=p.batch_size, lr=p.lr,
-                                        weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, seed=p.seed,
-                                        device=resolve(cfg.device))
+        model, log = _pretrain_base(cfg)
+    else:
+        model = create_model(arch, pretrained, seed=cfg.seed)
+        log = {"arch": arch, "pretrained": pretrained}
+        if pretrained in shipped_tags(arch):
+            ckpt = shipped_checkpoint(arch, pretrained)
+            log.update(checkpoint=str(ckpt), checkpoint_sha256=hash_file(ckpt))
     save_base(model.cpu().eval(), arch, paths.BASE, {"pretrained": pretrained})
     write_json(paths.BASE / "log.json", log)
     return paths.BASE
+
+
+def _pretrain_base(cfg: Config, steps: int | None = None):
+    """A randomly initialised CLIP of ``model.arch`` pre-trained by the ``pretrain`` block (``steps`` overrides
+    the number of steps taken, not the schedule: the first steps of a shortened run are those of the full one)."""
+    from mergeflow.device import resolve
+    from mergeflow.models import create_model
+    from mergeflow.models.factory import image_size
+    from mergeflow.train.pretrain import pretrain_clip
+
+    arch, p = cfg.model.arch, cfg.pretrain
+    model = create_model(arch, None, seed=cfg.seed)
+    log = {"arch": arch, "pretrained": None}
+    images, captions, log["corpus"] = pretraining_corpus(cfg, image_size(arch))
+    log["pretrain"] = pretrain_clip(model, arch, images, captions, steps=p.steps, batch_size=p.batch_size, lr=p.lr,
+                                    weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, seed=p.seed,
+                                    device=resolve(cfg.device), stop_after=steps)
+    return model, log
+
+
+def pretrain(cfg: Config, tag: str, out_dir: Path | None = None, steps: int | None = None) -> Path:
+    """Pre-train ``model.arch`` by the ``pretrain`` block and write weights the project can ship.
+
+    Writes ``<arch>-<tag>.safetensors`` and ``<arch>-<tag>.json`` (the recorded configuration, the corpus
+    summary and the loss curve) to ``out_dir`` (default: the package's shipped-weights folder), so that
+    ``model.pretrained: <tag>`` loads them. ``steps`` stops early (a check that the run starts as recorded).
+    """
+    import platform
+
+    from mergeflow.models.factory import SHIPPED_DIR
+
+    out_dir = Path(out_dir) if out_dir is not None else SHIPPED_DIR
+    model, log = _pretrain_base(cfg, steps)
+    name = f"{cfg.model.arch}-{tag}"
+    weights = out_dir / f"{name}.safetensors"
+    save_tensors(weights, model.cpu().eval().state_dict(), {"arch": cfg.model.arch, "tag": tag})
+    record = {"command": f"mergeflow --params {cfg.source} pretrain --tag {tag}", "arch": cfg.model.arch,
+              "seed": cfg.seed, "pretrain_config": cfg.raw["pretrain"], "weights_sha256": hash_file(weights),
+              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+              **log}
+    write_json(out_dir / f"{name}.json", record)
+    return weights
+
+
+def pretraining_corpus(cfg: Config, size: int) -> tuple[torch.Tensor, list[str], dict]:
+    """The generated image–caption corpus at the model's input size, and a summary of it for the log."""
+    import hashlib
+
+    import torch.nn.functional as F
+
+    from mergeflow.data import corpus
+    from mergeflow.workers import cpu_cores
+
+    if "corpus_size" not in cfg.raw["pretrain"]:
+        raise MergeflowError(f"{cfg.source}: pretrain.corpus_size is needed to pre-train the base "
+                             "(model.pretrained is null); e.g. 30000")
+    n = int(cfg.raw["pretrain"]["corpus_size"])
+    seed = int(cfg.raw["pretrain"].get("corpus_seed", 0))
+    images, captions = corpus.build(n, seed, workers=cpu_cores())
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    if x.shape[-1] != size:
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    summary = {"size": n, "seed": seed, "distinct_captions": len(set(captions)), "image_size": size,
+               "images_sha256": hashlib.sha256(images.tobytes()).hexdigest(), "first_captions": captions[:5]}
+    return x, captions, summary
 
 
 def _load_base():
@@ -189,9 +250,30 @@ def finetune(cfg: Config, task: str) -> Path:
     val_images, val_labels = load_prepared(task, "val")
     log["val_accuracy"] = accuracy(clf, val_images, val_labels, batch_size=cfg.evaluate.batch_size, device=device)
     log["task"] = task
-    save_tensors(paths.expert(task), clf.visual.cpu().state_dict(), {"task": task})
+    state = clf.visual.cpu().state_dict()
+    log["task_vector_norm_ratio"] = task_vector_norm_ratio(model.visual.state_dict(), state)
+    save_tensors(paths.expert(task), state, {"task": task})
     write_json(paths.expert_log(task), log)
     return paths.expert(task)
+
+
+def task_vector_norm_ratio(pre: dict[str, torch.Tensor], expert: dict[str, torch.Tensor]) -> float:
+    """``‖T‖ / ‖θ_pre‖`` over the image encoder's floating-point weights."""
+    num = sum(float((expert[k].double() - v.double()).pow(2).sum()) for k, v in pre.items() if v.is_floating_point())
+    den = sum(float(v.double().pow(2).sum()) for v in pre.values() if v.is_floating_point())
+    return (num / den) ** 0.5 if den > 0 else float("inf")
+
+
+def task_vector_geometry(pre: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """Each task vector's size relative to the base and the pairwise cosines between task vectors."""
+    keys = [k for k, v in pre.items() if v.is_floating_point()]
+    vecs = torch.stack([torch.cat([(sd[k].double() - pre[k].double()).flatten() for k in keys])
+                        for sd in experts.values()])
+    unit = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-300)
+    cos = unit @ unit.t()
+    tasks = list(experts)
+    pairs = {f"{a}|{b}": float(cos[i, j]) for i, a in enumerate(tasks) for j, b in enumerate(tasks) if i < j}
+    return {"norm_ratio": {t: task_vector_norm_ratio(pre, experts[t]) for t in tasks}, "cosine": pairs}
 
 
 def load_expert(task: str, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -233,24 +315,37 @@ def _scaled_visual(model, task: str, scale: float):
 
 
 def features(cfg: Config, task: str, variant: str) -> Path:
-    """Statistics ``variant`` of ``task``: Grams/energies, Fisher or gradients, on its first n exemplars."""
+    """Statistics ``variant`` of ``task``: Grams/energies, Fisher or gradients, on its first n exemplars.
+
+    A grid variant (scale ``auto``) is one file per non-zero value of ``evaluate.scale_grid``.
+    """
+    v = Variant.parse(variant)
+    if not v.is_grid:
+        return _features_at(cfg, task, v, v.scale_value, paths.features(variant, task))
+    out = paths.features(variant, task)
+    for scale in cfg.evaluate.scale_grid:
+        if float(scale) != 0.0:
+            _features_at(cfg, task, v, float(scale), paths.features(variant, task, scale))
+    return out.parent
+
+
+def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) -> Path:
     from mergeflow.data.prepared import load_prepared
     from mergeflow.device import resolve
     from mergeflow.features.collect import collect_stats, fisher_diagonal, mean_abs_gradient
     from mergeflow.features.stats import TaskStats
 
-    v = Variant.parse(variant)
     device = resolve(cfg.device)
     ex_file = paths.exemplars(task) if v.seed == cfg.exemplars.seed else paths.EXEMPLARS / f"{task}.seed{v.seed}.json"
     listing = read_json(ex_file)
     if v.count > listing["count"]:
-        raise MergeflowError(f"variant {variant}: {v.count} exemplars asked but {ex_file} lists {listing['count']}; "
+        raise MergeflowError(f"variant {v.name}: {v.count} exemplars asked but {ex_file} lists {listing['count']}; "
                              "raise exemplars.pool")
     idx = torch.tensor(listing["indices"][:v.count])
     images, labels = load_prepared(task, "train")
     images, labels = images[idx], labels[idx]
     model, _ = _load_base()
-    visual = _scaled_visual(model, task, v.scale_value).to(device)
+    visual = _scaled_visual(model, task, scale).to(device)
     dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
     stats = TaskStats()
     if v.kind == "gram":
@@ -263,18 +358,35 @@ def features(cfg: Config, task: str, variant: str) -> Path:
     else:
         clf = _classifier(visual, task, _logit_scale(model))
         stats.grad = mean_abs_gradient(clf, images, labels, batch_size=cfg.features.batch_size, device=device)
-    meta = {"variant": variant, "task": task, "exemplars_sha256": hash_file(ex_file)}
-    if v.scale_value != 0.0:
+    meta = {"variant": v.name, "task": task, "scale": scale, "exemplars_sha256": hash_file(ex_file)}
+    if scale != 0.0:
         meta["expert_sha256"] = hash_file(paths.expert(task))
-    save_tensors(paths.features(variant, task), stats.to_tensors(), meta)
-    return paths.features(variant, task)
+    save_tensors(out, stats.to_tensors(), meta)
+    return out
 
 
-def load_stats(variant: str, task: str):
+def load_stats(variant: str, task: str, scale: float | None = None):
     from mergeflow.features.stats import TaskStats
 
-    file = paths.features(variant, task)
+    file = paths.features(variant, task, scale)
+    if not file.is_file():
+        raise MergeflowError(f"{file}: not found; run `mergeflow features --variant {variant}`")
     return TaskStats.from_tensors(load_tensors(file), str(file))
+
+
+def _run_stats(cfg: Config, run, scale: float | None = None) -> dict | None:
+    """Every task's statistics for ``run`` (the variants' fields joined); ``scale`` picks a grid variant's file."""
+    if not run.variants:
+        return None
+    stats = {}
+    for t in cfg.tasks:
+        parts = [load_stats(v.name, t, scale if v.is_grid else None) for v in run.variants]
+        merged_stats = parts[0]
+        for extra in parts[1:]:
+            for field in ("gram", "sqnorm", "rows", "fisher", "grad"):
+                getattr(merged_stats, field).update(getattr(extra, field))
+        stats[t] = merged_stats
+    return stats
 
 
 # --- merge and evaluate -------------------------------------------------------------------------------
@@ -284,34 +396,39 @@ def _val_sets(cfg: Config):
     return {t: load_prepared(t, "val") for t in cfg.tasks}
 
 
-def merge(cfg: Config, run_name: str) -> Path:
-    """Merge with one configured run; an ``auto`` scale is chosen on the validation splits."""
-    from mergeflow.device import resolve
+def _scale_rank(point: dict) -> tuple[float, float]:
+    return point["val_normalized"], -point["scale"]
+
+
+def choose_scale(curve: list[dict]) -> dict:
+    """The grid point with the best average normalised validation accuracy (the smaller scale on a tie),
+    and whether it lies on the grid's edge (then the grid, not the method, may be what limits it)."""
+    if not curve:
+        raise MergeflowError("evaluate.scale_grid is empty: no scale to choose")
+    best = max(curve, key=_scale_rank)
+    scales = [c["scale"] for c in curve]
+    edge = len(scales) > 1 and best["scale"] in (min(scales), max(scales))
+    return {"value": best["scale"], "on_edge": edge}
+
+
+def _val_normalized(cfg: Config, model, visual, state: dict, val: dict, expert_val: dict, device) -> float:
+    visual.load_state_dict(state)
+    norm = []
+    for t, (x, y) in val.items():
+        acc = accuracy_of(_classifier(visual, t, _logit_scale(model)), x, y, cfg, device)
+        norm.append(acc / expert_val[t] if expert_val[t] > 0 else 0.0)
+    return sum(norm) / len(norm)
+
+
+def accuracy_of(classifier, images, labels, cfg: Config, device) -> float:
     from mergeflow.evaluate import accuracy
-    from mergeflow.merge import METHODS
+
+    return accuracy(classifier, images, labels, batch_size=cfg.evaluate.batch_size, device=device)
+
+
+def _merge_once(run, spec, hp, pre, experts, stats, device) -> tuple[dict, dict, float]:
     from mergeflow.merge import merge as do_merge
 
-    run = cfg.run(run_name)
-    spec = METHODS[run.method]
-    device = resolve(cfg.device)
-    model, _ = _load_base()
-    pre = {k: v.clone() for k, v in model.visual.state_dict().items()}
-    experts = {t: load_expert(t, pre) for t in cfg.tasks}
-    stats = None
-    if run.variants:
-        stats = {}
-        for t in cfg.tasks:
-            parts = [load_stats(v.name, t) for v in run.variants]
-            merged_stats = parts[0]
-            for extra in parts[1:]:
-                for field in ("gram", "sqnorm", "rows", "fisher", "grad"):
-                    getattr(merged_stats, field).update(getattr(extra, field))
-            stats[t] = merged_stats
-    hp = dict(run.hparams)
-    scale_key = spec.scale
-    auto = scale_key is not None and hp[scale_key] == "auto"
-    if auto:
-        hp[scale_key] = 1.0
     dev_pre = {k: v.to(device) for k, v in pre.items()}
     dev_experts = {t: {k: v.to(device) for k, v in sd.items()} for t, sd in experts.items()}
     dev_stats = stats
@@ -323,31 +440,70 @@ def merge(cfg: Config, run_name: str) -> Path:
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start
-    merged = {k: v.cpu() for k, v in merged.items()}
+    return {k: v.cpu() for k, v in merged.items()}, diagnostics, wall
+
+
+def merge(cfg: Config, run_name: str) -> Path:
+    """Merge with one configured run; an ``auto`` scale is chosen on the validation splits.
+
+    For most methods the merged task vector is linear in the scale: one merge at scale 1 is rescaled to
+    every grid value. A method whose statistics are recorded at the scale (CAT's α) merges once per
+    non-zero grid value with that value's statistics; scale 0 is the pre-trained model.
+    """
+    from mergeflow.merge import METHODS
+
+    run = cfg.run(run_name)
+    spec = METHODS[run.method]
+    device = resolve_device(cfg)
+    model, _ = _load_base()
+    pre = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    experts = {t: load_expert(t, pre) for t in cfg.tasks}
+    hp = dict(run.hparams)
+    scale_key = spec.scale
+    auto = scale_key is not None and hp[scale_key] == "auto"
+    per_scale = auto and any(v.is_grid for v in run.variants)
     scale_info = {"name": scale_key, "value": hp.get(scale_key) if scale_key else None, "chosen_by": "fixed"}
-    if auto:
-        delta = {k: merged[k].float() - pre[k].float() for k in pre if pre[k].is_floating_point()}
+    if not auto:
+        merged, diagnostics, wall = _merge_once(run, spec, hp, pre, experts, _run_stats(cfg, run), device)
+    else:
         val = _val_sets(cfg)
         expert_val = {t: read_json(paths.expert_log(t))["val_accuracy"] for t in cfg.tasks}
-        scale_model = copy.deepcopy(model.visual)
-        curve = []
-        for s in cfg.evaluate.scale_grid:
-            scale_model.load_state_dict({k: (pre[k].float() + s * delta[k]).to(pre[k].dtype) if k in delta else pre[k]
-                                         for k in pre})
-            norm = []
-            for t, (x, y) in val.items():
-                acc = accuracy(_classifier(scale_model, t, _logit_scale(model)), x, y,
-                               batch_size=cfg.evaluate.batch_size, device=device)
-                norm.append(acc / expert_val[t] if expert_val[t] > 0 else 0.0)
-            curve.append({"scale": s, "val_normalized": sum(norm) / len(norm)})
-        best = max(curve, key=lambda c: c["val_normalized"])
-        merged = {k: (pre[k].float() + best["scale"] * delta[k]).to(pre[k].dtype) if k in delta else pre[k]
-                  for k in pre}
-        scale_info = {"name": scale_key, "value": best["scale"], "chosen_by": "validation", "grid": curve}
+        scratch = copy.deepcopy(model.visual)
+        curve, kept, wall = [], None, 0.0  # kept: the best per-scale merge so far (one model in memory)
+        if not per_scale:
+            one, diagnostics, wall = _merge_once(run, spec, {**hp, scale_key: 1.0}, pre, experts,
+                                                 _run_stats(cfg, run), device)
+            delta = {k: one[k].float() - pre[k].float() for k in pre if pre[k].is_floating_point()}
+        for s in tqdm(cfg.evaluate.scale_grid, desc=f"{run.name}: {scale_key} on validation", mininterval=2.0):
+            s = float(s)
+            if per_scale:
+                if s == 0.0:
+                    state, diag, w = pre, {}, 0.0
+                else:
+                    state, diag, w = _merge_once(run, spec, {**hp, scale_key: s}, pre, experts,
+                                                 _run_stats(cfg, run, s), device)
+                wall += w
+            else:
+                state = {k: (pre[k].float() + s * delta[k]).to(pre[k].dtype) if k in delta else pre[k] for k in pre}
+            curve.append({"scale": s, "val_normalized": _val_normalized(cfg, model, scratch, state, val, expert_val,
+                                                                        device)})
+            if per_scale and (kept is None or _scale_rank(curve[-1]) > _scale_rank(kept[0])):
+                kept = (curve[-1], state, diag)
+        choice = choose_scale(curve)
+        best = choice["value"]
+        if per_scale:
+            _, merged, diagnostics = kept
+        else:
+            merged = {k: (pre[k].float() + best * delta[k]).to(pre[k].dtype) if k in delta else pre[k] for k in pre}
+        scale_info = {"name": scale_key, "value": best, "chosen_by": "validation", "on_edge": choice["on_edge"],
+                      "grid": curve}
     inputs = {str(paths.base_weights()): hash_file(paths.base_weights())}
     inputs.update({str(paths.expert(t)): hash_file(paths.expert(t)) for t in cfg.tasks})
     for v in run.variants:
-        inputs.update({str(paths.features(v.name, t)): hash_file(paths.features(v.name, t)) for t in cfg.tasks})
+        scales = [s for s in cfg.evaluate.scale_grid if float(s) != 0.0] if v.is_grid else [None]
+        for t in cfg.tasks:
+            for s in scales:
+                inputs[str(paths.features(v.name, t, s))] = hash_file(paths.features(v.name, t, s))
     save_tensors(paths.merged(run.name), merged, {"run": run.name, "method": run.method})
     write_json(paths.merge_report(run.name), {
         "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper,
@@ -355,6 +511,12 @@ def merge(cfg: Config, run_name: str) -> Path:
         "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "device": str(device),
         "diagnostics": diagnostics, "inputs": inputs})
     return paths.merged(run.name)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    from mergeflow.device import resolve
+
+    return resolve(cfg.device)
 
 
 def evaluate(cfg: Config, model_name: str) -> Path:
@@ -388,6 +550,8 @@ def evaluate(cfg: Config, model_name: str) -> Path:
         individual = read_json(paths.metrics("individual"))["tasks"]
         inputs[str(paths.merged(model_name))] = hash_file(paths.merged(model_name))
     out = {"model": model_name, "tasks": per_task, **summarise(per_task, individual), "device": str(device)}
+    if model_name == "individual":
+        out["task_vectors"] = task_vector_geometry(pre, {t: load_expert(t, pre) for t in cfg.tasks})
     out["inputs"] = inputs
     write_json(paths.metrics(model_name), out)
     return paths.metrics(model_name)

@@ -30,6 +30,7 @@ rule features:
         variant="|".join(VARIANTS) or "none",
     params:
         features=config["features"],
+        grid=config["evaluate"]["scale_grid"],  # a variant at scale auto has one file per grid value
     threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
     log:
         "logs/features/{variant}.log",

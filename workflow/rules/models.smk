@@ -1,6 +1,8 @@
 rule base:
+    # pre-trained on its own generated corpus (not on the tasks: no data input), or loaded: an open_clip
+    # tag, a checkpoint path or weights the project ships (model.pretrained: offline)
     input:
-        "data/prepared",
+        "src/mergeflow/models/pretrained",
     output:
         directory("models/base"),
     params:

@@ -11,8 +11,9 @@ from mergeflow.merge.registry import HParam, Need, register
 from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
 CAT_HPARAMS = {
-    "alpha": HParam(0.4, float, "task-vector scale (statistics are recorded at this scale)", low=0.0, high=10.0,
-                    open_low=True),
+    "alpha": HParam(0.4, float, "task-vector scale (statistics are recorded at this scale; auto: one set of "
+                    "statistics and one merge per value of evaluate.scale_grid, the best on validation kept)",
+                    low=0.0, high=10.0, open_low=True, auto=True),
     "c": HParam(4, int, "basis size per linear unit and task", low=0),
     "lambda": HParam(5.0, float, "trade-off of drift removed against own effect lost (linear units)", low=0.0),
     "c_ln": HParam(4, int, "dimensions trimmed per LayerNorm and task", low=0),
@@ -249,7 +250,7 @@ def _shift_masks(vectors: list[torch.Tensor], c_shift: int) -> list[torch.Tensor
 
 
 @register("cat", "CAT Merging", "Sun et al., CAT Merging: a training-free approach for resolving conflicts in "
-          "model merging, ICML 2025", CAT_HPARAMS, needs=(Need("gram", "alpha", "exemplars"),))
+          "model merging, ICML 2025", CAT_HPARAMS, needs=(Need("gram", "alpha", "exemplars"),), scale="alpha")
 def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
     """Trim each task vector of the components that conflict with other tasks, then task arithmetic.
 

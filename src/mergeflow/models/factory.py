@@ -1,7 +1,7 @@
 """Build open_clip models: the real ViTs (optionally with pre-trained weights) and our tiny ones.
 
 Our architectures are data: JSON files in ``configs/`` registered with open_clip's model registry, so
-``open_clip.create_model("mf-vit-tiny")`` works like any built-in name.
+``open_clip.create_model("mf-vit-small")`` works like any built-in name.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from mergeflow.errors import MergeflowError
 from mergeflow.io import load_tensors, read_json, save_tensors, write_json
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# Weights the project ships, ``<arch>-<tag>.safetensors`` beside the log of the run that made them
+# (``mergeflow pretrain --tag <tag>``): ``model.pretrained: <tag>`` loads them like an open_clip tag.
+SHIPPED_DIR = Path(__file__).parent / "pretrained"
 # open_clip's 'openai' weights were trained with QuickGELU; the architectures' -quickgelu twins match them.
 _QUICKGELU_TAGS = {"openai"}
 
@@ -38,7 +41,7 @@ def known_architectures() -> list[str]:
 def _check_arch(arch: str) -> None:
     if arch not in known_architectures():
         raise MergeflowError(f"model.arch: unknown architecture {arch!r}; "
-                             "e.g. mf-vit-tiny, ViT-B-32, ViT-B-16, ViT-L-14")
+                             "e.g. mf-vit-small, ViT-B-32, ViT-B-16, ViT-L-14")
 
 
 def model_config(arch: str) -> dict:
@@ -67,6 +70,15 @@ def image_size(arch: str) -> int:
     cfg = read_json(file) if file else model_config(arch)
     size = cfg["vision_cfg"]["image_size"]
     return int(size[0] if isinstance(size, list | tuple) else size)
+
+
+def shipped_checkpoint(arch: str, tag: str) -> Path:
+    """Where the project keeps (or :func:`mergeflow.stages.pretrain` writes) ``arch``'s weights for ``tag``."""
+    return SHIPPED_DIR / f"{arch}-{tag}.safetensors"
+
+
+def shipped_tags(arch: str) -> list[str]:
+    return sorted(p.name[len(arch) + 1:-len(".safetensors")] for p in SHIPPED_DIR.glob(f"{arch}-*.safetensors"))
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -99,9 +111,12 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], s
 
 
 def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> torch.nn.Module:
-    """An open_clip CLIP model: random init (seeded), an open_clip tag such as ``openai``, or a checkpoint path."""
+    """An open_clip CLIP model: random init (seeded), an open_clip tag such as ``openai``, a tag of the weights
+    the project ships (``offline``), or a checkpoint path."""
     _check_arch(arch)
     oc = _open_clip()
+    if pretrained is not None and pretrained in shipped_tags(arch):
+        pretrained = str(shipped_checkpoint(arch, pretrained))
     if pretrained is None or Path(pretrained).is_file():
         torch.manual_seed(seed)
         # open_clip warns on the root logger that no pretrained weights were loaded: intended here.
@@ -117,7 +132,7 @@ def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> tor
         return model.eval()
     if any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith((".safetensors", ".pt", ".bin")):
         raise MergeflowError(f"model.pretrained: checkpoint {pretrained} not found")
-    tags = oc.list_pretrained_tags_by_model(arch)
+    tags = [*oc.list_pretrained_tags_by_model(arch), *shipped_tags(arch)]
     if pretrained not in tags:
         raise MergeflowError(f"model.pretrained: {arch} has no pre-trained tag {pretrained!r}; tags: "
                              f"{', '.join(tags) or '(none)'}; or give a checkpoint path")

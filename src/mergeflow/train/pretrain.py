@@ -1,8 +1,7 @@
-"""Contrastive pre-training (open_clip's CLIP loss) of a small CLIP on captioned offline images."""
+"""Contrastive pre-training (open_clip's CLIP loss) of a small CLIP on image–caption pairs."""
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
@@ -14,39 +13,33 @@ from mergeflow.models.factory import _open_clip
 from mergeflow.train.schedule import cosine_with_warmup
 
 
-def pretrain_clip(model, arch: str, datasets: dict[str, tuple[torch.Tensor, torch.Tensor, list[str], list[str]]], *,
-                  steps: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int, seed: int,
-                  device: torch.device) -> dict:
-    """Train both towers on (image, caption) pairs; captions are a random template filled with the class name.
+def pretrain_clip(model, arch: str, images: torch.Tensor, captions: list[str], *, steps: int, batch_size: int,
+                  lr: float, weight_decay: float, warmup_steps: int, seed: int, device: torch.device,
+                  stop_after: int | None = None) -> dict:
+    """Train both towers on (image, caption) pairs with AdamW and a cosine schedule.
 
     Args:
-        datasets: task → (uint8 images, labels, class names, templates).
+        images: (N, 3, S, S) uint8 at the model's input size.
+        captions: N captions, ``captions[i]`` describing ``images[i]``.
+        stop_after: stop after this many of the schedule's ``steps`` (the start of the full run, for checks).
     Returns:
         A log with the loss curve and wall time.
     """
+    if len(images) != len(captions) or not len(captions):
+        raise MergeflowError(f"pretrain: {len(images)} images but {len(captions)} captions")
     oc = _open_clip()
-    tokenizer = oc.get_tokenizer(arch)
-    rng = random.Random(seed)
+    tokens = oc.get_tokenizer(arch)(captions)
     torch.manual_seed(seed)
-    images = torch.cat([d[0] for d in datasets.values()])
-    captions, caption_of = [], []
-    for _imgs, labels, names, templates in datasets.values():
-        offset = len(captions)
-        captions += [t.format(n) for n in names for t in templates]
-        caption_of += [(offset, len(templates), int(lab)) for lab in labels]
-    tokens = tokenizer(captions)
     model = model.to(device).train()
     loss_fn = oc.ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = cosine_with_warmup(opt, warmup_steps, steps)
     gen = torch.Generator().manual_seed(seed)
     curve, start = [], time.time()
-    for step in tqdm(range(steps), desc="pretrain", mininterval=2.0):
+    taken = steps if stop_after is None else min(steps, stop_after)
+    for step in tqdm(range(taken), desc="pretrain", mininterval=2.0):
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        cap = [caption_of[i][0] + caption_of[i][2] * caption_of[i][1] + rng.randrange(caption_of[i][1])
-               for i in idx.tolist()]
-        x = normalize_images(images[idx].to(device))
-        img_f, txt_f, scale = model(x, tokens[cap].to(device))
+        img_f, txt_f, scale = model(normalize_images(images[idx].to(device)), tokens[idx].to(device))
         loss = loss_fn(img_f, txt_f, scale)
         if not torch.isfinite(loss):
             raise MergeflowError(f"pretrain: loss became {loss.item()} at step {step}; lower pretrain.lr")
@@ -57,4 +50,4 @@ def pretrain_clip(model, arch: str, datasets: dict[str, tuple[torch.Tensor, torc
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         curve.append(round(loss.item(), 5))
-    return {"loss": curve, "wall_s": round(time.time() - start, 2), "steps": steps}
+    return {"loss": curve, "wall_s": round(time.time() - start, 2), "steps": taken}
