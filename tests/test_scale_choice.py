@@ -54,6 +54,11 @@ def test_claims_report_held_failed_and_not_run():
     assert claims["CAT and LOT have the lowest standard deviation of per-task drops"].outcome == "held"
     assert claims["LOT improves as exemplars grow"].outcome == "held"
     assert claims["LOT improves as exemplars grow"].evidence == "4: 73.0 → 64: 74.0"
+    swept = pd.concat([s, _summary(**{"cat--lambda-1.0": (0.76, 0.02), "cat--c-2": (0.70, 0.02)})])
+    lost = {c.text: c for c in check_claims(swept.assign(average=swept["average"].where(swept["model"] != "cat", 0.6)),
+                                            {64: "lot"})}
+    assert lost["CAT beats task arithmetic"].evidence == ("cat 60.0 vs task_arithmetic 70.0 (-10.0 points); sweep runs "
+                                                          "above task_arithmetic: cat--lambda-1.0 76.0")
     missing = {c.text: c for c in check_claims(s[s["model"] != "pcb"], {64: "lot"})}
     assert missing["PCB beats TIES"].outcome == "not run"
     assert missing["LOT improves as exemplars grow"].outcome == "not run"

@@ -35,7 +35,13 @@ def _beats(summary, text, source, winner, loser) -> Claim:
         missing = winner if a is None else loser
         return Claim(text, source, "not run", f"{missing} is not in this run")
     outcome = "held" if a > b else "failed"
-    return Claim(text, source, outcome, f"{winner} {_pct(a)} vs {loser} {_pct(b)} ({100 * (a - b):+.1f} points)")
+    evidence = f"{winner} {_pct(a)} vs {loser} {_pct(b)} ({100 * (a - b):+.1f} points)"
+    if outcome == "failed":  # the sweeps say whether another setting of the winner's would have held it
+        better = [(m, _avg(summary, m)) for m in summary["model"] if str(m).startswith(f"{winner}--")]
+        better = [f"{m} {_pct(v)}" for m, v in better if v is not None and v > b]
+        if better:
+            evidence += f"; sweep runs above {loser}: {', '.join(better)}"
+    return Claim(text, source, outcome, evidence)
 
 
 def _lowest_drop_std(summary: pd.DataFrame, methods: list[str]) -> Claim:
