@@ -320,16 +320,17 @@ def features(cfg: Config, task: str, variant: str) -> Path:
     A grid variant (scale ``auto``) is one file per non-zero value of ``evaluate.scale_grid``.
     """
     v = Variant.parse(variant)
+    model, _ = _load_base()  # once: a grid variant scales the same base once per grid value
     if not v.is_grid:
-        return _features_at(cfg, task, v, v.scale_value, paths.features(variant, task))
+        return _features_at(cfg, model, task, v, v.scale_value, paths.features(variant, task))
     out = paths.features(variant, task)
     for scale in cfg.evaluate.scale_grid:
         if float(scale) != 0.0:
-            _features_at(cfg, task, v, float(scale), paths.features(variant, task, scale))
+            _features_at(cfg, model, task, v, float(scale), paths.features(variant, task, scale))
     return out.parent
 
 
-def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) -> Path:
+def _features_at(cfg: Config, model, task: str, v: Variant, scale: float, out: Path) -> Path:
     from mergeflow.data.prepared import load_prepared
     from mergeflow.device import resolve
     from mergeflow.features.collect import collect_stats, fisher_diagonal, mean_abs_gradient
@@ -344,7 +345,6 @@ def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) ->
     idx = torch.tensor(listing["indices"][:v.count])
     images, labels = load_prepared(task, "train")
     images, labels = images[idx], labels[idx]
-    model, _ = _load_base()
     visual = _scaled_visual(model, task, scale).to(device)
     dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
     stats = TaskStats()
@@ -450,11 +450,12 @@ def merge(cfg: Config, run_name: str) -> Path:
     every grid value. A method whose statistics are recorded at the scale (CAT's α) merges once per
     non-zero grid value with that value's statistics; scale 0 is the pre-trained model.
     """
+    from mergeflow.device import resolve
     from mergeflow.merge import METHODS
 
     run = cfg.run(run_name)
     spec = METHODS[run.method]
-    device = resolve_device(cfg)
+    device = resolve(cfg.device)
     model, _ = _load_base()
     pre = {k: v.clone() for k, v in model.visual.state_dict().items()}
     experts = {t: load_expert(t, pre) for t in cfg.tasks}
@@ -511,12 +512,6 @@ def merge(cfg: Config, run_name: str) -> Path:
         "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "device": str(device),
         "diagnostics": diagnostics, "inputs": inputs})
     return paths.merged(run.name)
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    from mergeflow.device import resolve
-
-    return resolve(cfg.device)
 
 
 def evaluate(cfg: Config, model_name: str) -> Path:
