@@ -14,7 +14,8 @@ STAGES = {
     "fetch": "put every task's (or one task's) raw data under data/raw/<task>/ (generate, download or check)",
     "prepare": "decode and resize every task's (or one's) train/val/test splits into data/prepared/<task>/",
     "pretrain": "pre-train model.arch by the pretrain block and write weights to ship (model.pretrained: <tag>)",
-    "base": "pre-train (offline) or load (real) the base CLIP; write models/base/",
+    "import": "convert the community checkpoints of model.import (task_vectors, tall_masks, hf) into models/imported/",
+    "base": "pre-train (offline), load (real) or adopt (imported) the base CLIP; write models/base/",
     "heads": "build the zero-shot heads of every task (or one) from the text tower",
     "finetune": "fine-tune the image encoder on every task (or one): models/experts/<task>.safetensors",
     "exemplars": "sample seeded exemplar indices of every task (or one): data/exemplars/<task>.json",
@@ -85,6 +86,8 @@ def _run(args: argparse.Namespace) -> None:
             stages.prepare(cfg, task)
     elif stage == "pretrain":
         print(stages.pretrain(cfg, args.tag, args.out, args.steps))
+    elif stage == "import":
+        stages.import_models(cfg)
     elif stage == "base":
         stages.base(cfg)
     elif stage == "heads":

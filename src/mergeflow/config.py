@@ -218,6 +218,9 @@ def _check_semantics(cfg: Config) -> None:
     for task in cfg.tasks:
         if task not in TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    for task in (cfg.raw["model"].get("import") or {}).get("tasks") or {}:
+        if task not in cfg.tasks:
+            raise MergeflowError(f"{src}: model.import.tasks: {task!r} is not in data.tasks")
     merge = cfg.raw["merge"]
     for method in merge["methods"]:
         try:

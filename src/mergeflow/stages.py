@@ -81,16 +81,48 @@ def prepare(cfg: Config, task: str) -> Path:
 
 
 # --- models -----------------------------------------------------------------------------------------
+def import_models(cfg: Config) -> Path:
+    """Convert the community checkpoints of ``model.import`` into ``models/imported/`` (a manifest only
+    when nothing is imported); see :mod:`mergeflow.models.importer`."""
+    from mergeflow.models.importer import import_checkpoints
+
+    return import_checkpoints(cfg)
+
+
+def _imported(kind: str, task: str | None = None) -> Path | None:
+    """The imported base folder, expert or head, when ``mergeflow import`` wrote one."""
+    manifest = paths.IMPORTED / "manifest.json"
+    if not manifest.is_file() or read_json(manifest).get("format") is None:
+        return None
+    path = paths.IMPORTED / kind if task is None else paths.IMPORTED / kind / f"{task}.safetensors"
+    return path if path.exists() else None
+
+
+def _activation(cfg: Config) -> bool | None:
+    return {"auto": None, "gelu": False, "quick_gelu": True}[cfg.raw["model"].get("activation", "auto")]
+
+
 def base(cfg: Config) -> Path:
-    """Pre-train the offline base on the generated corpus, or load pre-trained weights; save ``models/base/``."""
+    """Pre-train the offline base on the generated corpus, load pre-trained weights, or adopt the imported
+    base; save ``models/base/``."""
     from mergeflow.models import create_model, save_base
     from mergeflow.models.factory import shipped_checkpoint, shipped_tags
 
     arch, pretrained = cfg.model.arch, cfg.model.pretrained
+    imported = _imported("base")
+    if imported is not None:
+        tmp = Path(tempfile.mkdtemp(prefix=".base.", dir=paths.BASE.parent))
+        try:
+            shutil.copytree(imported, tmp, dirs_exist_ok=True)
+            write_json(tmp / "log.json", {"arch": arch, "imported": read_json(paths.IMPORTED / "manifest.json")})
+            _replace_dir(tmp, paths.BASE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return paths.BASE
     if pretrained is None:
         model, log = _pretrain_base(cfg)
     else:
-        model = create_model(arch, pretrained, seed=cfg.seed)
+        model = create_model(arch, pretrained, seed=cfg.seed, quick_gelu=_activation(cfg))
         log = {"arch": arch, "pretrained": pretrained}
         if pretrained in shipped_tags(arch):
             ckpt = shipped_checkpoint(arch, pretrained)
@@ -179,16 +211,25 @@ def _logit_scale(model) -> float:
 
 
 def heads(cfg: Config, task: str) -> Path:
-    """The zero-shot head of ``task`` from the base's text tower."""
+    """The zero-shot head of ``task`` from the base's text tower (or the imported one, when the source had it)."""
     import json
 
     from mergeflow.data import get_task
     from mergeflow.data.prepared import classnames
+    from mergeflow.models.classifier import check_head
     from mergeflow.models.heads import zeroshot_head
 
-    model, arch = _load_base()
     names = classnames(task)
-    head = zeroshot_head(model, arch, names, get_task(task).templates)
+    imported = _imported("heads", task)
+    if imported is not None:
+        head = load_tensors(imported)["weight"]
+        check_head(head, len(names), str(imported))
+    else:
+        model, arch = _load_base()
+        if not getattr(model, "has_text_tower", True):
+            raise MergeflowError(f"{paths.BASE}: the imported base has no text tower and the source no head for "
+                                 f"{task}; import its head_<Dataset>.pt too")
+        head = zeroshot_head(model, arch, names, get_task(task).templates)
     save_tensors(paths.head(task), {"weight": head}, {"classnames": json.dumps(names)})
     return paths.head(task)
 
@@ -242,11 +283,16 @@ def finetune(cfg: Config, task: str) -> Path:
     if device.type == "cpu":
         torch.set_num_threads(threads_per_job(len(cfg.tasks)))
     model, _ = _load_base()
-    images, labels = load_prepared(task, "train")
     clf = _classifier(copy.deepcopy(model.visual), task, _logit_scale(model), len(classnames(task)))
-    f = cfg.finetune
-    log = run(clf, images, labels, steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
-              warmup_steps=f.warmup_steps, grad_clip=f.grad_clip, seed=f.seed, device=device, task=task)
+    imported = _imported("experts", task)
+    if imported is not None:  # the community expert, adopted as it is: scored on validation, not trained
+        clf.visual.load_state_dict(load_expert_file(imported, model.visual.state_dict()))
+        log = {"imported": str(imported), "imported_sha256": hash_file(imported)}
+    else:
+        images, labels = load_prepared(task, "train")
+        f = cfg.finetune
+        log = run(clf, images, labels, steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+                  warmup_steps=f.warmup_steps, grad_clip=f.grad_clip, seed=f.seed, device=device, task=task)
     val_images, val_labels = load_prepared(task, "val")
     log["val_accuracy"] = accuracy(clf, val_images, val_labels, batch_size=cfg.evaluate.batch_size, device=device)
     log["task"] = task
@@ -278,13 +324,17 @@ def task_vector_geometry(pre: dict[str, torch.Tensor], experts: dict[str, dict[s
 
 def load_expert(task: str, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An expert's state dict, checked against the base's image encoder."""
+    return load_expert_file(paths.expert(task), reference)
+
+
+def load_expert_file(path: Path, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from mergeflow.merge import check_inputs
 
-    state = load_tensors(paths.expert(task))
+    state = load_tensors(path)
     try:
-        check_inputs(reference, {task: state})
+        check_inputs(reference, {path.stem: state})
     except MergeflowError as exc:
-        raise MergeflowError(f"{paths.expert(task)}: does not match the base: {exc}") from None
+        raise MergeflowError(f"{path}: does not match the base: {exc}") from None
     return state
 
 

@@ -1,8 +1,31 @@
+rule import_models:
+    # community checkpoints (model.import: task_vectors, tall_masks, hf) converted into our artifacts; only
+    # a manifest when nothing is imported
+    input:
+        IMPORT_ROOT,
+    output:
+        directory("models/imported"),
+    params:
+        model=config["model"],
+        tasks=TASKS,
+        seed=config["seed"],
+    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    log:
+        "logs/import.log",
+    benchmark:
+        "logs/benchmarks/import.tsv"
+    conda:
+        "../envs/mergeflow.yaml"
+    shell:
+        "mergeflow import > {log} 2>&1"
+
+
 rule base:
     # pre-trained on its own generated corpus (not on the tasks: no data input), or loaded: an open_clip
     # tag, a checkpoint path or weights the project ships (model.pretrained: offline)
     input:
         "src/mergeflow/models/pretrained",
+        "models/imported",
     output:
         directory("models/base"),
     params:
@@ -24,6 +47,7 @@ rule heads:
     # one process for every task: a head costs milliseconds, open_clip's start-up seconds
     input:
         "models/base",
+        "models/imported",
         "data/prepared",
     output:
         directory("models/heads"),
@@ -46,6 +70,7 @@ rule finetune:
     input:
         "models/base",
         "models/heads",
+        "models/imported",
         "data/prepared",
     output:
         directory("models/experts"),

@@ -95,9 +95,12 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; a missing/unexpected key or a shape mismatch names the first one."""
-    own = model.state_dict()
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                       keys: list[str] | None = None) -> None:
+    """Load ``state`` into ``model`` (only ``keys`` of it, when given: the rest keep their values); a
+    missing/unexpected key or a shape mismatch names the first one."""
+    full = model.state_dict()
+    own = full if keys is None else {k: full[k] for k in keys}
     for key, ref in own.items():
         if key not in state:
             raise MergeflowError(f"{source}: key {key} missing for this architecture")
@@ -107,14 +110,23 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], s
     extra = [k for k in state if k not in own]
     if extra:
         raise MergeflowError(f"{source}: unexpected key {extra[0]} for this architecture")
-    model.load_state_dict(state)
+    model.load_state_dict(state if keys is None else {**full, **state})
 
 
-def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> torch.nn.Module:
+def create_model(arch: str, pretrained: str | None = None, seed: int = 0,
+                 quick_gelu: bool | None = None) -> torch.nn.Module:
     """An open_clip CLIP model: random init (seeded), an open_clip tag such as ``openai``, a tag of the weights
-    the project ships (``offline``), or a checkpoint path."""
+    the project ships (``offline``), or a checkpoint path.
+
+    ``quick_gelu``: ``None`` keeps the architecture's activation (QuickGELU for the ``openai`` tag, whose
+    weights were trained with it); ``True``/``False`` force QuickGELU or GELU. The wrong one loads silently
+    and costs accuracy, so checkpoints of OpenAI weights need ``True`` said explicitly.
+    """
     _check_arch(arch)
     oc = _open_clip()
+    force = {} if quick_gelu is None else {"force_quick_gelu": True} if quick_gelu else {}
+    if quick_gelu is False and model_config(arch).get("quick_gelu"):
+        raise MergeflowError(f"model.activation: gelu, but {arch} is a QuickGELU architecture; use its plain twin")
     if pretrained is not None and pretrained in shipped_tags(arch):
         pretrained = str(shipped_checkpoint(arch, pretrained))
     if pretrained is None or Path(pretrained).is_file():
@@ -124,7 +136,7 @@ def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> tor
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            model = oc.create_model(arch, pretrained=None)
+            model = oc.create_model(arch, pretrained=None, **force)
         finally:
             root.setLevel(level)
         if pretrained is not None:
@@ -136,9 +148,10 @@ def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> tor
     if pretrained not in tags:
         raise MergeflowError(f"model.pretrained: {arch} has no pre-trained tag {pretrained!r}; tags: "
                              f"{', '.join(tags) or '(none)'}; or give a checkpoint path")
-    name = f"{arch}-quickgelu" if pretrained in _QUICKGELU_TAGS and f"{arch}-quickgelu" in oc.list_models() else arch
+    twin = pretrained in _QUICKGELU_TAGS and quick_gelu is not False and f"{arch}-quickgelu" in oc.list_models()
+    name = f"{arch}-quickgelu" if twin else arch
     try:
-        model = oc.create_model(name, pretrained=pretrained)
+        model = oc.create_model(name, pretrained=pretrained, **force)
     except Exception as exc:  # noqa: BLE001 - network/hub failures of any kind
         raise MergeflowError(
             f"model.pretrained: the {pretrained!r} weights of {arch} cannot be fetched here "
@@ -147,23 +160,50 @@ def create_model(arch: str, pretrained: str | None = None, seed: int = 0) -> tor
     return model.eval()
 
 
-def save_base(model: torch.nn.Module, arch: str, folder: str | Path, extra: dict | None = None) -> None:
-    """``folder/model.safetensors`` + ``folder/config.json`` (architecture name and open_clip config)."""
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def tower_keys(model: torch.nn.Module, towers: tuple[str, ...]) -> list[str]:
+    """The state keys of ``towers``: ``visual`` is the image encoder and the logit scale, ``text`` the rest."""
+    keys = list(model.state_dict())
+    if "text" in towers:
+        return keys
+    return [k for k in keys if k.startswith("visual.") or k == "logit_scale"]
+
+
+def save_base(model: torch.nn.Module, arch: str, folder: str | Path, extra: dict | None = None,
+              towers: tuple[str, ...] = ("visual", "text")) -> None:
+    """``folder/model.safetensors`` + ``folder/config.json`` (architecture, open_clip config, activation and
+    which towers the weights hold: an imported image-only checkpoint has no text tower)."""
     folder = Path(folder)
-    save_tensors(folder / "model.safetensors", model.state_dict())
-    write_json(folder / "config.json", {"arch": arch, "open_clip_config": model_config(arch), **(extra or {})})
+    state = model.state_dict()
+    save_tensors(folder / "model.safetensors", {k: state[k] for k in tower_keys(model, towers)})
+    write_json(folder / "config.json", {"arch": arch, "open_clip_config": model_config(arch),
+                                        "quick_gelu": uses_quick_gelu(model), "towers": list(towers), **(extra or {})})
 
 
 def load_base(folder: str | Path) -> tuple[torch.nn.Module, str]:
-    """The base CLIP model saved by :func:`save_base` (no network needed)."""
+    """The base CLIP model saved by :func:`save_base` (no network needed). Without a text tower the model's
+    ``has_text_tower`` is False and its text weights are the seeded random initialisation."""
     folder = Path(folder)
     info = read_json(folder / "config.json")
     arch = info["arch"]
-    model = create_model(arch, None) if arch in known_architectures() else None
-    if model is None:
+    if arch not in known_architectures():
         raise MergeflowError(f"{folder / 'config.json'}: unknown architecture {arch!r}")
-    load_state_checked(model, load_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    model = create_model(arch, None, quick_gelu=info.get("quick_gelu"))
+    towers = tuple(info.get("towers", ("visual", "text")))
+    load_towers_checked(model, load_tensors(folder / "model.safetensors"), towers, str(folder / "model.safetensors"))
+    model.has_text_tower = "text" in towers
     return model.eval(), arch
+
+
+def load_towers_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], towers: tuple[str, ...],
+                        source: str) -> None:
+    """:func:`load_state_checked` on the keys of ``towers`` only."""
+    load_state_checked(model, state, source, tower_keys(model, towers))
 
 
 def load_visual_state(visual: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -1,0 +1,349 @@
+"""Read torch checkpoints that hold whole pickled objects, without running anything from the file.
+
+Community checkpoints (task_vectors, TALL masks) are pickled ``nn.Module`` objects: ``torch.load`` with
+``weights_only=True`` refuses them ("Unsupported global: src.modeling.ImageEncoder"), and plain
+``torch.load`` / ``pickle.load`` would call whatever the file names. Here the unpickler resolves only:
+
+* the functions that rebuild tensors and storages, replaced by our own that copy bytes into tensors;
+* a few inert builtins (``OrderedDict``, ``set``, ``slice``, ...) and torch's dtype/size constants;
+* classes of the modules that such checkpoints are made of (open_clip, ``torch.nn``, torchvision transforms,
+  the task_vectors code ``src.*``) as :class:`Record` placeholders: fresh classes that only store the
+  arguments and state the file gives them. Nothing is imported from those modules and nothing is called.
+
+Any other global is refused with an error that names it. Three containers are read: torch's zip format,
+torch's legacy (pre-1.6) format and a raw ``pickle.dump`` (whose storages are nested legacy blobs).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergeflow.errors import MergeflowError
+
+# Modules whose classes become inert records: what task_vectors/TALL objects are built from.
+INERT_PREFIXES = ("open_clip", "src", "torch.nn.modules", "torchvision.transforms", "clip", "modeling",
+                  "PIL.Image")
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+_DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+                "float", "double", "half", "long", "int")
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class Record:
+    """An object of a class the file names, reduced to what the file says about it (never its code)."""
+
+    _module = ""
+    _name = ""
+    args: tuple = ()  # NEWOBJ makes records without __init__: these class-level defaults stand in
+    kwargs: dict = {}  # noqa: RUF012 - never mutated, replaced per instance
+    state: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    @classmethod
+    def qualname(cls) -> str:
+        return f"{cls._module}.{cls._name}"
+
+    def attrs(self) -> dict:
+        """The instance's ``__dict__`` as pickled (``(dict, slots)`` states give their dict)."""
+        state = getattr(self, "state", None)
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict | type(None)):
+            state = state[0]
+        return state if isinstance(state, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"<record {self.qualname()}>"
+
+
+def _record_class(module: str, name: str) -> type[Record]:
+    return type(name.replace(".", "_"), (Record,), {"_module": module, "_name": name, "__module__": __name__})
+
+
+class _Storage:
+    """A storage's raw bytes and element type (filled later for the legacy format)."""
+
+    def __init__(self, dtype: torch.dtype, data: bytes | None = None):
+        self.dtype, self.data = dtype, data
+
+
+class _StorageType:
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+def _tensor_from_storage(storage: _Storage, offset: int, size, stride) -> torch.Tensor:
+    if storage.data is None:
+        raise MergeflowError("checkpoint: a tensor refers to a storage the file never provides")
+    if len(storage.data) == 0:
+        flat = torch.empty(0, dtype=storage.dtype)
+    else:
+        flat = torch.frombuffer(bytearray(storage.data), dtype=storage.dtype)
+    try:
+        return torch.as_strided(flat, tuple(size), tuple(stride), int(offset)).clone()
+    except RuntimeError as exc:
+        raise MergeflowError(f"checkpoint: a tensor does not fit its storage ({exc})") from None
+
+
+class _LazyTensor:
+    """A tensor of the legacy format: its storage's bytes come after the object's pickle."""
+
+    def __init__(self, storage: _Storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def build(self) -> torch.Tensor:
+        return _tensor_from_storage(self.storage, self.offset, self.size, self.stride)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    if not isinstance(storage, _Storage):
+        raise MergeflowError(f"checkpoint: a tensor is built from {type(storage).__name__}, not a storage")
+    if storage.data is None:
+        return _LazyTensor(storage, offset, size, stride)
+    return _tensor_from_storage(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, *_ignored):
+    if not isinstance(data, torch.Tensor | _LazyTensor):
+        raise MergeflowError(f"checkpoint: a parameter holds {type(data).__name__}, not a tensor")
+    return data
+
+
+def _rebuild_from_type(func, _new_type, args, _state):
+    if func not in (_rebuild_tensor, _rebuild_parameter):
+        raise MergeflowError("checkpoint: a tensor subclass is rebuilt by an unexpected function")
+    return func(*args)
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise MergeflowError("checkpoint: refused _codecs.encode with arguments other than (str, 'latin1')")
+    return text.encode("latin1")
+
+
+def _reconstructor(cls, base, state):
+    if not (isinstance(cls, type) and issubclass(cls, Record)):
+        raise MergeflowError(f"checkpoint: refused copyreg._reconstructor of {cls!r}")
+    obj = cls()
+    if state is not None:
+        obj.args = (state,)
+    return obj
+
+
+def _inert_builtin(value):
+    return value
+
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch.nn.parameter", "Parameter"): "Parameter",  # only ever the type argument of _rebuild_from_type_v2
+    ("torch", "Tensor"): "Tensor",
+    ("torch", "Size"): tuple,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "object"): object,
+    ("_codecs", "encode"): _codecs_encode,
+    ("copyreg", "_reconstructor"): _reconstructor,
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Resolves only the globals listed above; storages come from ``storages`` (persistent ids)."""
+
+    def __init__(self, file, source: str, storage_for=None):
+        super().__init__(file, encoding="utf-8")
+        self.source, self.storage_for = source, storage_for
+
+    def find_class(self, module: str, name: str):
+        # protocol-2 files name Python 2's modules (__builtin__, copy_reg): read them as Python 3's
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name in _DTYPE_NAMES:
+            return getattr(torch, name)
+        if module == "torch.storage" and name == "_load_from_bytes":
+            return lambda blob: _storage_from_blob(blob, self.source)
+        if any(module == p or module.startswith(p + ".") for p in INERT_PREFIXES):
+            return _record_class(module, name)
+        raise MergeflowError(f"{self.source}: refused to load global {module}.{name} (not a tensor, storage or "
+                             "model class; nothing from the file was run)")
+
+    def persistent_load(self, pid):
+        if self.storage_for is None:
+            raise MergeflowError(f"{self.source}: unexpected persistent id in a plain pickle")
+        if isinstance(pid, tuple) and len(pid) == 4 and _ascii(pid[0]) == "module":
+            return pid[1]  # the legacy format's record of a module's class and source: the class (a record)
+        if not isinstance(pid, tuple) or not pid or _ascii(pid[0]) != "storage":
+            raise MergeflowError(f"{self.source}: unknown persistent id {pid!r:.80}")
+        return self.storage_for(pid[1:])
+
+
+def _ascii(value) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _dtype_of(storage_type, source: str) -> torch.dtype:
+    if not isinstance(storage_type, _StorageType):
+        raise MergeflowError(f"{source}: a storage of unknown type {storage_type!r:.80}")
+    return storage_type.dtype
+
+
+def _load_zip(data: bytes, source: str) -> Any:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not pkl:
+            raise MergeflowError(f"{source}: a zip file without data.pkl (not a torch checkpoint)")
+        prefix = pkl[0][: -len("data.pkl")]
+        order = prefix + "byteorder"
+        if order in names and archive.read(order) != b"little":
+            raise MergeflowError(f"{source}: big-endian checkpoints are not supported")
+        cache: dict[str, _Storage] = {}
+
+        def storage_for(args):
+            storage_type, key, _location, _numel = args[:4]
+            key = _ascii(key)
+            if key not in cache:
+                try:
+                    raw = archive.read(f"{prefix}data/{key}")
+                except KeyError:
+                    raise MergeflowError(f"{source}: storage {key} missing from the archive") from None
+                cache[key] = _Storage(_dtype_of(storage_type, source), raw)
+            return cache[key]
+
+        return SafeUnpickler(io.BytesIO(archive.read(pkl[0])), source, storage_for).load()
+
+
+def _load_legacy(stream: io.BytesIO, source: str) -> Any:
+    """torch's pre-1.6 format: magic, protocol, system info, the object, its storage keys, then raw storages."""
+    plain = lambda: SafeUnpickler(stream, source).load()  # noqa: E731 - the header pickles hold only numbers
+    if plain() != _LEGACY_MAGIC:
+        raise MergeflowError(f"{source}: not a torch checkpoint (no magic number)")
+    plain()  # protocol version
+    plain()  # system info (endianness, type sizes)
+    storages: dict[str, _Storage] = {}
+    views: list[tuple[_Storage, _Storage, int, int]] = []
+
+    def storage_for(args):
+        storage_type, root_key, _location, _numel, view = args
+        root_key = _ascii(root_key)
+        dtype = _dtype_of(storage_type, source)
+        root = storages.setdefault(root_key, _Storage(dtype))
+        if view is None:
+            return root
+        _view_key, offset, size = view
+        part = _Storage(dtype)
+        views.append((part, root, int(offset), int(size)))
+        return part
+
+    obj = SafeUnpickler(stream, source, storage_for).load()
+    keys = plain()
+    for key in keys:
+        key = _ascii(key)
+        if key not in storages:
+            raise MergeflowError(f"{source}: storage {key} listed but never used")
+        head = stream.read(8)
+        if len(head) != 8:
+            raise MergeflowError(f"{source}: truncated storage {key}")
+        (count,) = struct.unpack("<q", head)
+        item = torch.empty(0, dtype=storages[key].dtype).element_size()
+        raw = stream.read(count * item)
+        if len(raw) != count * item:
+            raise MergeflowError(f"{source}: truncated storage {key}")
+        storages[key].data = raw
+    for part, root, offset, size in views:
+        item = torch.empty(0, dtype=root.dtype).element_size()
+        part.data = root.data[offset * item:(offset + size) * item] if root.data is not None else None
+    return _materialise(obj, set())
+
+
+def _materialise(obj: Any, seen: set[int]) -> Any:
+    """``obj`` with every :class:`_LazyTensor` built (containers and records walked once each)."""
+    if isinstance(obj, _LazyTensor):
+        return obj.build()
+    if isinstance(obj, tuple):
+        return type(obj)(_materialise(v, seen) for v in obj) if type(obj) is tuple else obj
+    if id(obj) in seen:
+        return obj
+    if isinstance(obj, dict):
+        seen.add(id(obj))
+        for k in list(obj):
+            obj[k] = _materialise(obj[k], seen)
+    elif isinstance(obj, list):
+        seen.add(id(obj))
+        obj[:] = [_materialise(v, seen) for v in obj]
+    elif isinstance(obj, Record):
+        seen.add(id(obj))
+        obj.args = _materialise(obj.args, seen)
+        obj.kwargs = _materialise(dict(obj.kwargs), seen)
+        obj.state = _materialise(obj.state, seen)
+    return obj
+
+
+def _storage_from_blob(blob: bytes, source: str) -> _Storage:
+    """A storage pickled inside a raw pickle: a nested torch file (legacy or zip) holding only the storage."""
+    if not isinstance(blob, bytes | bytearray):
+        raise MergeflowError(f"{source}: a nested storage blob that is not bytes")
+    inner = load_object_bytes(bytes(blob), f"{source} (nested storage)")
+    if not isinstance(inner, _Storage):
+        raise MergeflowError(f"{source}: a nested blob holds {type(inner).__name__}, not a storage")
+    return inner
+
+
+def load_object_bytes(data: bytes, source: str) -> Any:
+    """The object in a torch checkpoint's bytes (zip, legacy or raw pickle), with inert records for modules."""
+    try:
+        if data[:4] == b"PK\x03\x04":
+            return _load_zip(data, source)
+        stream = io.BytesIO(data)
+        try:
+            first = SafeUnpickler(stream, source).load()
+        except MergeflowError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any malformed pickle is a user error
+            raise MergeflowError(f"{source}: not a torch checkpoint or pickle ({type(exc).__name__}: {exc})") from None
+        if first == _LEGACY_MAGIC:
+            return _load_legacy(io.BytesIO(data), source)
+        return first
+    except MergeflowError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, zipfile.BadZipFile, struct.error) as exc:
+        raise MergeflowError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def load_object(path: str | Path) -> Any:
+    """:func:`load_object_bytes` of a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeflowError(f"{path}: not found")
+    return load_object_bytes(path.read_bytes(), str(path))
