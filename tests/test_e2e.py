@@ -16,7 +16,8 @@ from dag_tools import BIN, engine_env, snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
-PIPELINE = ["dvc.yaml", "Snakefile", "workflow", "src/mergeflow/models/pretrained"]  # the last: the base's input
+# the pretrained weights: the base's input; models/community: the import stage's
+PIPELINE = ["dvc.yaml", "Snakefile", "workflow", "src/mergeflow/models/pretrained", "models/community"]
 
 
 def _workspace(path: Path) -> Path:
@@ -184,3 +185,61 @@ def test_features_with_a_mismatched_expert_leave_no_artifact(dvc_ws):
     assert out.returncode == 2
     assert "digits.safetensors: does not match the base" in out.stderr and "proj" in out.stderr
     assert not (dvc_ws / "data" / "features" / "gram-a0.5-n2-s0" / "digits.safetensors").exists()
+
+
+# --- the import route: task_vectors-format fakes in models/community/, merged by both engines -----------------
+def _import_workspace(path: Path) -> Path:
+    import community_fakes as fakes
+    from mergeflow.data import get_task
+
+    ws = _workspace(path)
+    fakes.task_vectors_folder(ws / "models" / "community" / "tv",
+                              {t: len(get_task(t).classnames) for t in ("digits", "shapes")}, "legacy")
+
+    def imported(p):
+        p["model"]["import"] = {"format": "task_vectors", "root": "models/community/tv"}
+    _edit(ws, imported)
+    return ws
+
+
+def test_both_engines_merge_imported_checkpoints_alike(tmp_path):
+    import community_fakes as fakes
+
+    dvc = _import_workspace(tmp_path / "dvc")
+    smk = tmp_path / "smk"
+    shutil.copytree(dvc, smk)
+    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], dvc)
+    ran = _dvc_repro(dvc)
+    assert {"import", "base", "heads", "finetune", "merge@cat", "merge@lot", "report"} <= ran
+    _run([str(BIN / "snakemake"), "--cores", "2"], smk)
+    assert _metrics(dvc) == _metrics(smk) and set(_metrics(dvc)) >= {"zeroshot", "individual", "cat", "lot"}
+    for sub in ("models/base", "models/heads", "models/experts", "models/merged"):
+        for f in sorted(p.relative_to(dvc) for p in (dvc / sub).rglob("*.safetensors")):
+            assert (dvc / f).read_bytes() == (smk / f).read_bytes(), f
+    log = json.loads((dvc / "models" / "experts" / "digits.log.json").read_text())
+    assert log["imported"] == "models/imported/experts/digits.safetensors" and "steps" not in log
+    # a replaced community checkpoint is a changed dependency of the import (`dvc status`: a rerun would
+    # redo the whole pipeline)
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], dvc).lower()
+    base = fakes.ImageEncoder(fakes.clip(0))
+    fakes.save(fakes.perturb(base, seed=99), dvc / "models" / "community" / "tv" / "digits" / "finetuned.pt")
+    status = _run([str(BIN / "dvc"), "status", "import"], dvc)
+    assert "changed deps" in status and "models/community" in status
+
+
+def test_merge_refuses_statistics_of_a_replaced_expert(dvc_ws):
+    from safetensors.torch import load_file, save_file
+
+    expert = dvc_ws / "models" / "experts" / "digits.safetensors"
+    saved = expert.read_bytes()
+    state = load_file(str(expert))
+    state["proj"] = state["proj"] * 1.01  # same keys and shapes: only the recorded hash can tell
+    save_file(state, str(expert))
+    try:
+        out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "lot"], cwd=dvc_ws, env=engine_env(),
+                             capture_output=True, text=True)
+    finally:
+        expert.write_bytes(saved)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "stale, computed from another models/experts/digits.safetensors" in out.stderr
+    assert "mergeflow features --variant gram-a1.0-n8-s0" in out.stderr

@@ -135,6 +135,19 @@ def hash_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def hash_file_cached(path: str | os.PathLike) -> str:
+    """:func:`hash_file`, remembered per process for a file of unchanged size and modification time (a
+    merge checks the same expert against every grid value's statistics)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = hash_file(path)
+    return _HASHES[key]
+
+
 def hash_path(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's relative file names and contents in sorted order."""
     path = Path(path)

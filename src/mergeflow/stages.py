@@ -408,7 +408,8 @@ def _features_at(cfg: Config, model, task: str, v: Variant, scale: float, out: P
     else:
         clf = _classifier(visual, task, _logit_scale(model))
         stats.grad = mean_abs_gradient(clf, images, labels, batch_size=cfg.features.batch_size, device=device)
-    meta = {"variant": v.name, "task": task, "scale": scale, "exemplars_sha256": hash_file(ex_file)}
+    meta = {"variant": v.name, "task": task, "scale": scale, "exemplars": str(ex_file),
+            "exemplars_sha256": hash_file(ex_file), "base_sha256": hash_file(paths.base_weights())}
     if scale != 0.0:
         meta["expert_sha256"] = hash_file(paths.expert(task))
     save_tensors(out, stats.to_tensors(), meta)
@@ -419,9 +420,25 @@ def load_stats(variant: str, task: str, scale: float | None = None):
     from mergeflow.features.stats import TaskStats
 
     file = paths.features(variant, task, scale)
+    rebuild = f"`mergeflow features --variant {variant}`"
     if not file.is_file():
-        raise MergeflowError(f"{file}: not found; run `mergeflow features --variant {variant}`")
+        raise MergeflowError(f"{file}: not found; run {rebuild}")
+    _check_recorded_inputs(file, rebuild)
     return TaskStats.from_tensors(load_tensors(file), str(file))
+
+
+def _check_recorded_inputs(file: Path, rebuild: str) -> None:
+    """Refuse statistics computed from another base, expert or exemplar list than the ones there now."""
+    from mergeflow.io import hash_file_cached, load_metadata
+
+    meta = load_metadata(file)
+    task = meta.get("task")
+    recorded = {"base_sha256": paths.base_weights(), "expert_sha256": paths.expert(task) if task else None,
+                "exemplars_sha256": Path(meta["exemplars"]) if "exemplars" in meta else None}
+    for key, source in recorded.items():
+        if key in meta and source is not None and (not source.is_file() or hash_file_cached(source) != meta[key]):
+            raise MergeflowError(f"{file}: stale, computed from another {source} than the one there now; "
+                                 f"rebuild it with {rebuild}")
 
 
 def _run_stats(cfg: Config, run, scale: float | None = None) -> dict | None:
