@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,3 +92,9 @@ def test_variant_at_scale_auto_stands_for_the_grid():
     with pytest.raises(config.MergeflowError, match="scale auto stands for every value of evaluate.scale_grid"):
         _ = v.scale_value
     assert not config.Variant.parse("gram-a0.4-n2-s0").is_grid
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_validates(path):
+    cfg = config.load(path)
+    assert cfg.tasks and cfg.merge_runs()

@@ -90,3 +90,14 @@ def test_validation_split_is_the_task_vectors_random_split():
     assert split_indices(n, "val", 0.1, 5000, 0).tolist() == sorted(val.indices)
     assert split_indices(n, "train", 0.1, 5000, 0).tolist() == sorted(train.indices)
     assert len(split_indices(100_000, "val", 0.1, 5000, 0)) == 5000
+
+
+def test_the_tall_benchmarks_extra_tasks_are_registered():
+    from mergeflow.data import get_task
+    from mergeflow.data.real import MORE_TASKS
+
+    assert len(MORE_TASKS) == 12
+    for name in MORE_TASKS:
+        spec = get_task(name)
+        assert spec.kind == "real" and spec.templates and all("{}" in t for t in spec.templates)
+    assert len(get_task("FER2013").classnames) == 7 and len(get_task("PCAM").classnames) == 2

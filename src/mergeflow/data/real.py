@@ -244,3 +244,54 @@ _real("Cars", ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.", "i
 _real("SUN397", ("a photo of a {}.", "a photo of the {}."),
       _tv_fetch("SUN397", SUN397_LAYOUT, lambda tvd, r: tvd.SUN397(r, download=True)),
       _sun397_load, SUN397_LAYOUT)
+
+
+# The six more tasks of TALL masks' 14-task benchmark and the six more of its 20-task one -------------------
+# (Wang et al., 2024), all through torchvision and downloadable by it; grey images are made RGB.
+# name: (torchvision class, {split: constructor kwargs}, class names or None for the dataset's own, templates)
+_PHOTO = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
+PCAM_CLASSES = ["lymph node", "lymph node containing metastatic tumor tissue"]
+FER2013_CLASSES = ["angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral"]  # the label order
+_TRAIN_TEST = {"train": {"train": True}, "test": {"train": False}}
+_SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
+MORE_TASKS = {
+    "CIFAR100": ("CIFAR100", _TRAIN_TEST, None, _PHOTO),
+    "STL10": ("STL10", _SPLITS, None, _PHOTO),
+    "Flowers102": ("Flowers102", _SPLITS, None, ("a photo of a {}, a type of flower.",)),
+    "OxfordIIITPet": ("OxfordIIITPet", {"train": {"split": "trainval"}, "test": {"split": "test"}}, None,
+                      ("a photo of a {}, a type of pet.",)),
+    "PCAM": ("PCAM", _SPLITS, PCAM_CLASSES, ("this is a photo of {}.",)),
+    "FER2013": ("FER2013", _SPLITS, FER2013_CLASSES, ("a photo of a {} looking face.", "a photo of a face showing the "
+                                                      "emotion: {}.")),
+    "CIFAR10": ("CIFAR10", _TRAIN_TEST, None, _PHOTO),
+    "Food101": ("Food101", _SPLITS, None, ("a photo of {}, a type of food.",)),
+    "FashionMNIST": ("FashionMNIST", _TRAIN_TEST, None, ("a photo of a {}.", "a photo of the {}.")),
+    "RenderedSST2": ("RenderedSST2", _SPLITS, ["negative", "positive"], ("a {} review of a movie.",)),
+    "EMNIST": ("EMNIST", {s: {**kw, "split": "digits"} for s, kw in _TRAIN_TEST.items()}, [str(i) for i in range(10)],
+               ('a photo of the number: "{}".',)),
+    "KMNIST": ("KMNIST", _TRAIN_TEST, None, ("a photo of the character {}.",)),
+}
+
+
+def _more_layout(cls: str) -> str:
+    return f"the files torchvision.datasets.{cls} downloads into this folder"
+
+
+def _more_load(cls: str, splits: dict, names):
+    def load(raw_dir: Path, split: str) -> tuple[Dataset, list[str]]:
+        def build():
+            return getattr(_tv(), cls)(str(raw_dir), **splits[split])
+        try:
+            ds = _open(cls, raw_dir, _more_layout(cls), build)
+        except ImportError as exc:  # PCAM reads HDF5 files through h5py
+            raise MergeflowError(f"{cls} needs {exc.name}: pip install {exc.name}") from None
+        own = [str(c).replace("_", " ") for c in getattr(ds, "classes", [])]
+        return _Rgb(ds), list(names) if names is not None else own
+    return load
+
+
+for _name, (_cls, _kw, _names, _templates) in MORE_TASKS.items():
+    _real(_name, _templates,
+          _tv_fetch(_name, _more_layout(_cls),
+                    lambda tvd, r, c=_cls, kw=_kw: [getattr(tvd, c)(r, download=True, **k) for k in kw.values()]),
+          _more_load(_cls, _kw, _names), _more_layout(_cls), _names or ())
