@@ -148,10 +148,6 @@ def _reconstructor(cls, base, state):
     return obj
 
 
-def _inert_builtin(value):
-    return value
-
-
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -329,14 +325,12 @@ def load_object_bytes(data: bytes, source: str) -> Any:
         try:
             first = SafeUnpickler(stream, source).load()
         except MergeflowError:
-            raise
+            raise  # a refused global: its own message
         except Exception as exc:  # noqa: BLE001 - any malformed pickle is a user error
             raise MergeflowError(f"{source}: not a torch checkpoint or pickle ({type(exc).__name__}: {exc})") from None
         if first == _LEGACY_MAGIC:
             return _load_legacy(io.BytesIO(data), source)
         return first
-    except MergeflowError:
-        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, zipfile.BadZipFile, struct.error) as exc:
         raise MergeflowError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
 
