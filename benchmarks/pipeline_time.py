@@ -6,6 +6,7 @@ and the total. Run it in a fresh clone with the package installed:
 
     python benchmarks/pipeline_time.py            # the whole default pipeline
     python benchmarks/pipeline_time.py --json out.json
+    python benchmarks/pipeline_time.py --markdown section.md   # the docs/benchmarks.md entry, as written
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STAGE = re.compile(r"Running stage '([^']+)'")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="also write the stage times to this JSON file")
+    parser.add_argument("--markdown", default=None, help="also write a docs/benchmarks.md section to this file")
     args, extra = parser.parse_known_args()
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
     dvc = Path(sys.executable).with_name("dvc")
@@ -48,7 +50,21 @@ def main() -> None:
         from mergeflow.io import write_json
 
         write_json(args.json, {"total_s": round(total, 1), "exit_status": code, "stages": stages})
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(stages, total, code))
     sys.exit(code)
+
+
+def markdown(stages: dict[str, float], total: float, code: int) -> str:
+    """A benchmarks entry: the command, the commit, the machine, the total and the time per stage group."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    groups: dict[str, list[float]] = {}
+    for name, wall in stages.items():
+        groups.setdefault(re.split(r"[@_]", name)[0] if not name.startswith("sweep") else "sweeps", []).append(wall)
+    parts = ", ".join(f"{g} {sum(w):.1f} s" + (f" ({len(w)} stages)" if len(w) > 1 else "") for g, w in groups.items())
+    return (f"`python benchmarks/pipeline_time.py` (= `dvc repro`) at `{commit or 'unknown'}`, "
+            f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores: **{total:.1f} s "
+            f"({int(total // 60)} min {total % 60:.0f} s)**, dvc exit status {code}. {parts}.\n")
 
 
 if __name__ == "__main__":

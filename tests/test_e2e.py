@@ -48,7 +48,7 @@ def _edit(ws: Path, fn) -> None:
 
 
 def _metrics(ws: Path) -> dict[str, dict]:
-    return {p.stem: {t: v["accuracy"] for t, v in json.loads(p.read_text())["tasks"].items()}
+    return {p.stem: json.loads(p.read_text())["accuracy"]
             for p in sorted((ws / "reports" / "metrics").glob("*.json"))}
 
 
@@ -77,6 +77,36 @@ def test_dvc_runs_every_method_and_writes_the_report(dvc_ws):
     results = (dvc_ws / "reports" / "results.csv").read_text().splitlines()
     assert results[0].startswith("model,") and len(results) >= 2 + len(methods)
     assert (dvc_ws / "reports" / "figures" / "heatmap.png").is_file()
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), tree
+
+
+def test_dvc_metrics_are_numbers_only(dvc_ws):
+    shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], dvc_ws))
+    files = shown[""]["data"]  # {"": {"data": {<file>: {"data": {...}}}}}: the workspace's metrics files
+    assert "reports/metrics/cat.json" in files, sorted(files)
+    assert not any("reports/merge/" in f or "evaluation" in f or "results.csv" in f for f in files), sorted(files)
+    leaves = {f"{f}:{k}": v for f, entry in files.items() for k, v in _leaves(entry["data"])}
+    bad = {k: v for k, v in leaves.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    assert not bad, f"non-numeric metrics: {bad}"
+    cat = json.loads((dvc_ws / "reports" / "metrics" / "cat.json").read_text())
+    assert set(cat) == {"average", "normalized", "drop_std", "scale", "merge_wall_s", "accuracy"}
+
+
+def test_the_report_fits_the_page_in_a_real_browser(dvc_ws, tmp_path):
+    from mergeflow.report.browser import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no headless Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+    result = check_page(dvc_ws / "reports" / "report.html", 1280, tmp_path / "report.png")
+    assert result["ok"], result
+    assert result["images"] >= 5 and (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_snakemake_gives_the_same_metrics(dvc_ws, smk_ws):

@@ -16,6 +16,7 @@ COMMUNITY = Path("models/community")  # where they are put by default (model.imp
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 MERGE_REPORTS = REPORTS / "merge"
+EVALUATION = REPORTS / "evaluation"  # provenance of each metrics file: device, inputs, counts
 FIGURES = REPORTS / "figures"
 
 
@@ -64,3 +65,7 @@ def merge_report(run: str) -> Path:
 
 def metrics(model: str) -> Path:
     return METRICS / f"{model}.json"
+
+
+def evaluation(model: str) -> Path:
+    return EVALUATION / f"{model}.json"

@@ -582,7 +582,11 @@ def merge(cfg: Config, run_name: str) -> Path:
 
 
 def evaluate(cfg: Config, model_name: str) -> Path:
-    """Test accuracy of ``zeroshot``, ``individual`` or a merge run on every task, as JSON."""
+    """Test accuracy of ``zeroshot``, ``individual`` or a merge run on every task.
+
+    Writes ``reports/metrics/<model>.json`` (numbers only: the DVC metric) and
+    ``reports/evaluation/<model>.json`` (how they were produced).
+    """
     from mergeflow.data.prepared import load_prepared
     from mergeflow.device import resolve
     from mergeflow.evaluate import accuracy, summarise
@@ -607,15 +611,30 @@ def evaluate(cfg: Config, model_name: str) -> Path:
         acc = accuracy(_classifier(visual, t, scale, None), images, labels, batch_size=cfg.evaluate.batch_size,
                        device=device)
         per_task[t] = {"accuracy": acc, "count": int(len(labels))}
-    individual = None
+    individual, run_report = None, None
     if model_name not in ("zeroshot", "individual"):
-        individual = read_json(paths.metrics("individual"))["tasks"]
+        individual = {t: {"accuracy": a} for t, a in read_json(paths.metrics("individual"))["accuracy"].items()}
         inputs[str(paths.merged(model_name))] = hash_file(paths.merged(model_name))
-    out = {"model": model_name, "tasks": per_task, **summarise(per_task, individual), "device": str(device)}
+        run_report = read_json(paths.merge_report(model_name))
+    summary = summarise(per_task, individual)
+    # the metrics file holds numbers only, so that `dvc metrics diff` and `dvc exp show` compare accuracies;
+    # what produced them (device, inputs, counts, task-vector geometry) goes beside it, in reports/evaluation
+    numbers = {"average": summary["average"]}
+    if individual:
+        numbers.update(normalized=summary["normalized"], drop_std=summary["drop_std"])
+    if run_report is not None:
+        if isinstance(run_report["scale"]["value"], (int, float)):
+            numbers["scale"] = run_report["scale"]["value"]
+        numbers["merge_wall_s"] = run_report["wall_s"]
+    numbers["accuracy"] = {t: v["accuracy"] for t, v in per_task.items()}
+    record = {"model": model_name, "device": str(device), "count": {t: v["count"] for t, v in per_task.items()}}
+    if individual:
+        record["normalized_per_task"] = summary["normalized_per_task"]
     if model_name == "individual":
-        out["task_vectors"] = task_vector_geometry(pre, {t: load_expert(t, pre) for t in cfg.tasks})
-    out["inputs"] = inputs
-    write_json(paths.metrics(model_name), out)
+        record["task_vectors"] = task_vector_geometry(pre, {t: load_expert(t, pre) for t in cfg.tasks})
+    record["inputs"] = inputs
+    write_json(paths.evaluation(model_name), record)
+    write_json(paths.metrics(model_name), numbers)
     return paths.metrics(model_name)
 
 

@@ -10,6 +10,7 @@ rule merge:
         "models/merged/{run}.safetensors",
         "reports/merge/{run}.json",
         "reports/metrics/{run}.json",
+        "reports/evaluation/{run}.json",
     wildcard_constraints:
         run="|".join(RUNS),
     params:

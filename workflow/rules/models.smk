@@ -99,6 +99,8 @@ rule reference:
     output:
         "reports/metrics/zeroshot.json",
         "reports/metrics/individual.json",
+        "reports/evaluation/zeroshot.json",
+        "reports/evaluation/individual.json",
     params:
         batch_size=config["evaluate"]["batch_size"],
     threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it

@@ -2,6 +2,7 @@ rule report:
     input:
         expand("reports/metrics/{model}.json", model=CFG.models()),
         expand("reports/merge/{run}.json", run=RUNS),
+        expand("reports/evaluation/{model}.json", model=CFG.models()),
         "data/prepared",
     output:
         "reports/report.html",

@@ -1,80 +1,80 @@
-"""The report: results table, figures and a self-contained HTML page with provenance."""
+"""The report: results table, figures and one self-contained HTML page (Jinja2 template) with provenance.
+
+The page reads only the pipeline's outputs: ``reports/metrics`` (numbers), ``reports/merge`` (how each merge
+ran), ``reports/evaluation`` (devices, inputs, task-vector geometry) and, for the papers' benchmark, the
+published numbers of ``paper_results.yaml``.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
+import jinja2
 import pandas as pd
+import yaml
 
 from mergeflow import paths
 from mergeflow.io import atomic_path, hash_file, read_json
-from mergeflow.report import figures
+from mergeflow.report import figures, provenance
 from mergeflow.report.claims import check_claims
 
-PACKAGES = ("torch", "torchvision", "open_clip_torch", "dvc", "snakemake", "pandas", "matplotlib", "safetensors",
-            "numpy", "mergeflow")
+HERE = Path(__file__).parent
+REFERENCES = ("zeroshot", "individual")
+LABELS = {"zeroshot": "zero-shot", "individual": "individual experts"}
+SCALE_SYMBOLS = {"alpha": "α", "lambda": "λ"}
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def _scale_text(name: str | None, value) -> str:
+    if not isinstance(name, str) or value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return f"{SCALE_SYMBOLS.get(name, name)} = {value:g}" if isinstance(value, (int, float)) else f"{name} = {value}"
 
 
 def results_table(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(long table model × task, summary per model) from the metrics and merge reports."""
+    """(long table model × task, summary with one row per model) from the metrics and merge reports."""
     rows, summary = [], []
     for model in cfg.models():
         m = read_json(paths.metrics(model))
-        for task, v in m["tasks"].items():
-            rows.append({"model": model, "task": task, "accuracy": v["accuracy"], "count": v["count"]})
-        rec = {"model": model, "average": m["average"], "normalized": m.get("normalized"),
-               "drop_std": m.get("drop_std")}
-        if model not in ("zeroshot", "individual"):
+        rows += [{"model": model, "task": t, "accuracy": a} for t, a in m["accuracy"].items()]
+        rec = {"model": model, "label": LABELS.get(model, model), "kind": "reference", "average": m["average"],
+               "normalized": m.get("normalized"), "drop_std": m.get("drop_std")}
+        if model not in REFERENCES:
+            from mergeflow.merge import METHODS
+
             rep = read_json(paths.merge_report(model))
-            rec.update({"method": rep["method"], "scale_name": rep["scale"]["name"], "scale": rep["scale"]["value"],
-                        "scale_chosen_by": rep["scale"]["chosen_by"],
+            spec = METHODS[rep["method"]]
+            sweep = f"{rep['sweep'][0]} = {rep['sweep'][1]}" if rep["sweep"] else ""
+            rec.update({"method": rep["method"], "label": spec.pretty + (f" ({sweep})" if sweep else ""),
+                        "kind": "task-aware" if getattr(spec, "task_aware", False) else "single model",
+                        "scale_name": rep["scale"]["name"], "scale": rep["scale"]["value"],
+                        "scale_chosen_by": rep["scale"]["chosen_by"] if rep["scale"]["name"] else "",
                         "scale_on_grid_edge": rep["scale"].get("on_edge", ""), "merge_wall_s": rep["wall_s"],
-                        "sweep": "" if not rep["sweep"] else f"{rep['sweep'][0]}={rep['sweep'][1]}"})
+                        "sweep": sweep})
         summary.append(rec)
     return pd.DataFrame(rows), pd.DataFrame(summary)
 
 
 def _sweep_points(cfg, summary: pd.DataFrame) -> pd.DataFrame:
+    """Every swept (method, parameter, value) with its average; the main run's own value marked ``main``."""
     points = []
     for method, params in cfg.raw["sweeps"].items():
+        base = summary[summary["model"] == method]
+        if base.empty:
+            continue
         for param, values in params.items():
-            base = summary[summary["model"] == method]
-            base_value = cfg.run(method).hparams[param]
-            if base_value != "auto" and len(base):
-                points.append({"method": method, "param": param, "value": float(base_value),
-                               "average": float(base["average"].iloc[0])})
-            elif len(base) and param == read_json(paths.merge_report(method))["scale"]["name"]:
-                points.append({"method": method, "param": param, "value": float(base["scale"].iloc[0]),
-                               "average": float(base["average"].iloc[0])})
-            for value in values:
-                name = f"{method}--{param}-{value}"
-                row = summary[summary["model"] == name]
+            value = cfg.run(method).hparams[param]
+            if value == "auto" and param == base["scale_name"].iloc[0]:
+                value = base["scale"].iloc[0]
+            if value != "auto":
+                points.append({"method": method, "param": param, "value": float(value),
+                               "average": float(base["average"].iloc[0]), "main": True})
+            for v in values:
+                row = summary[summary["model"] == f"{method}--{param}-{v}"]
                 if len(row):
-                    points.append({"method": method, "param": param, "value": float(value),
-                                   "average": float(row["average"].iloc[0])})
+                    points.append({"method": method, "param": param, "value": float(v),
+                                   "average": float(row["average"].iloc[0]), "main": False})
     return pd.DataFrame(points)
 
 
@@ -87,21 +87,11 @@ def _lot_exemplar_runs(cfg) -> dict[int, str]:
     return runs
 
 
-def _claims_html(summary: pd.DataFrame, cfg) -> str:
-    rows = "".join(
-        f'<tr><td style="text-align:left">{html.escape(c.text)}</td><td style="text-align:left">'
-        f'{html.escape(c.source)}</td><td class="{c.outcome.replace(" ", "-")}">{c.outcome}</td>'
-        f'<td style="text-align:left">{html.escape(c.evidence)}</td></tr>'
-        for c in check_claims(summary, _lot_exemplar_runs(cfg)))
-    return ("<table><tr><th>claim</th><th>source</th><th>outcome</th><th>measured (test accuracy %)</th></tr>"
-            f"{rows}</table>")
-
-
-def _task_vectors_html(cfg) -> str:
-    geo = read_json(paths.metrics("individual")).get("task_vectors")
+def task_vector_geometry(cfg) -> dict | None:
+    """‖T_k‖/‖θ_pre‖ per task and the pairwise cosine table, from the experts' evaluation record."""
+    geo = read_json(paths.evaluation("individual")).get("task_vectors")
     if not geo:
-        return "<p>(not recorded)</p>"
-    ratio = pd.Series(geo["norm_ratio"]) * 100
+        return None
     cos = pd.DataFrame(index=cfg.tasks, columns=cfg.tasks, dtype=float)
     for t in cfg.tasks:
         cos.loc[t, t] = 1.0
@@ -109,70 +99,111 @@ def _task_vectors_html(cfg) -> str:
         a, b = pair.split("|")
         cos.loc[a, b] = cos.loc[b, a] = v
     off = [abs(v) for v in geo["cosine"].values()]
-    return (f"<p>‖T<sub>k</sub>‖ / ‖θ<sub>pre</sub>‖ of the image encoder (%): "
-            f"{html.escape(', '.join(f'{t} {r:.2f}' for t, r in ratio.items()))}; largest {ratio.max():.2f}. "
-            f"Pairwise cosines of the task vectors: largest |cos| {max(off, default=0):.3f}, mean |cos| "
-            f"{sum(off) / max(1, len(off)):.3f}.</p>" + cos.round(3).to_html(na_rep=""))
+    return {"ratio": {t: 100 * r for t, r in geo["norm_ratio"].items()},
+            "max_ratio": 100 * max(geo["norm_ratio"].values()), "max_cos": max(off, default=0.0),
+            "mean_cos": sum(off) / max(1, len(off)), "cosine": cos}
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+def paper_comparison(cfg, summary: pd.DataFrame, long: pd.DataFrame) -> dict | None:
+    """Ours against the published numbers, when the run is the papers' benchmark (same model, same tasks)."""
+    published = yaml.safe_load((HERE / "paper_results.yaml").read_text())
+    table = published.get(cfg.raw["model"]["arch"])
+    if table is None or list(cfg.tasks) != published["tasks"]:
+        return None
+    acc = long.pivot(index="model", columns="task", values="accuracy")
+    rows = []
+    for model, values in table.items():
+        if model not in set(summary["model"]):
+            continue
+        ours = [100 * float(acc.loc[model, t]) for t in cfg.tasks] + [
+            100 * float(summary.loc[summary["model"] == model, "average"].iloc[0])]
+        rows.append({"model": model, "label": summary.loc[summary["model"] == model, "label"].iloc[0],
+                     "cells": [(o, p, o - p) for o, p in zip(ours, values, strict=True)]})
+    return {"source": published["source"], "arch": cfg.raw["model"]["arch"], "rows": rows}
+
+
+def _validation_curves(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    curves = {}
+    for _, row in summary[(summary["kind"] != "reference") & (summary["sweep"] == "")].iterrows():
+        scale = read_json(paths.merge_report(row["model"]))["scale"]
+        if scale.get("chosen_by") == "validation":
+            df = pd.DataFrame(scale["grid"])
+            df["chosen"] = df["scale"] == scale["value"]
+            curves[f"{row['label']} ({SCALE_SYMBOLS.get(scale['name'], scale['name'])})"] = df
+    return curves
+
+
+def _image(path: Path, caption: str) -> dict:
+    return {"caption": caption, "name": path.name,
+            "src": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
+
+
+def _figures(cfg, summary: pd.DataFrame, long: pd.DataFrame, order: list[str], refs: dict) -> list[dict]:
+    merges = summary[summary["kind"] != "reference"]
+    acc = long.pivot(index="model", columns="task", values="accuracy").reindex(order)
+    acc.index = [summary.set_index("model").loc[m, "label"] for m in acc.index]
+    figs = [_image(figures.heatmap(acc, paths.FIGURES / "heatmap.png"),
+                   "Test accuracy per run and task (%), in the order of the summary."),
+            _image(figures.ranked_bars(merges[merges["sweep"] == ""], refs, paths.FIGURES / "ranked.png"),
+                   "Average test accuracy of every merge, best on top; zero-shot and the experts as lines.")]
+    points = _sweep_points(cfg, summary)
+    if len(points):
+        figs.append(_image(figures.sensitivity(points, refs, paths.FIGURES / "sensitivity.png"),
+                           "Average test accuracy against each swept hyper-parameter (★ the main run)."))
+    curves = _validation_curves(summary)
+    if curves:
+        figs.append(_image(figures.validation_curves(curves, paths.FIGURES / "validation.png"),
+                           "Validation curve of every scale set to auto: normalised accuracy on the validation "
+                           "splits over evaluate.scale_grid; ★ the value each method then used on test."))
+    if "cat" in set(summary["model"]):
+        units = read_json(paths.merge_report("cat"))["diagnostics"].get("units", {})
+        if units:
+            figs.append(_image(figures.cat_energy(units, paths.FIGURES / "cat_energy.png"),
+                               "CAT: per unit (q/k/v, projections, MLP layers, LayerNorms), the share of the "
+                               "positive eigenvalue mass of the conflict objective that its basis captures."))
+    figs.append(_image(figures.tasks_figure(cfg), "The tasks: the first prepared training images, with their "
+                                                  "class names."))
+    return figs
+
+
+def _inputs(cfg) -> dict[str, str]:
+    """SHA-256 of every metrics, merge and evaluation file and of the artifacts they record as inputs."""
+    out = {}
+    for model in cfg.models():
+        for p in (paths.metrics(model), paths.merge_report(model), paths.evaluation(model)):
+            if Path(p).is_file():
+                out[str(p)] = hash_file(p)
+                out.update(read_json(p).get("inputs", {}) if p != paths.metrics(model) else {})
+    return dict(sorted(out.items()))
 
 
 def build_report(cfg) -> Path:
     """Write results.csv, the figures and report.html (no network needed to read it)."""
     long, summary = results_table(cfg)
-    wide = long.pivot(index="model", columns="task", values="accuracy").reindex(summary["model"])
-    table = summary.set_index("model").join(wide).reset_index()
+    merges = summary[summary["kind"] != "reference"].sort_values("average", ascending=False)
+    main = merges[merges["sweep"] == ""]
+    order = [*REFERENCES, *main["model"], *merges[merges["sweep"] != ""]["model"]]
+    wide = long.pivot(index="model", columns="task", values="accuracy").reindex(order)
+    table = summary.set_index("model").reindex(order).join(wide[list(cfg.tasks)]).reset_index()
     with atomic_path(paths.REPORTS / "results.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    figs = [figures.tasks_figure(cfg),
-            figures.grouped_bars(long[~long["model"].str.contains("--")], paths.FIGURES / "accuracy_bars.png"),
-            figures.heatmap(long, paths.FIGURES / "heatmap.png")]
-    points = _sweep_points(cfg, summary)
-    if len(points):
-        figs.append(figures.sensitivity(points, paths.FIGURES / "sensitivity.png"))
-    if "cat" in cfg.raw["merge"]["methods"]:
-        units = read_json(paths.merge_report("cat"))["diagnostics"].get("units", {})
-        if units:
-            figs.append(figures.cat_energy(units, paths.FIGURES / "cat_energy.png"))
-    inputs = {}
-    for model in cfg.models():
-        for p in (paths.metrics(model), paths.merge_report(model)):
-            if Path(p).is_file():
-                inputs[str(p)] = hash_file(p)
-                for k, v in read_json(p).get("inputs", {}).items():
-                    inputs[k] = v
-    device = sorted({read_json(paths.metrics(m)).get("device", "?") for m in cfg.models()})
-    show = table.copy()
-    for col in ["average", "normalized", "drop_std", *cfg.tasks]:
-        show[col] = (show[col] * 100).round(1)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mergeflow report: {html.escape(cfg.raw['name'])}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} code,pre{{font-size:11px}}
-.held{{color:#070}} .failed{{color:#b00;font-weight:bold}}</style></head><body>
-<h1>mergeflow report — configuration <code>{html.escape(cfg.raw['name'])}</code></h1>
-<p>Top-1 test accuracy (%) per task; <b>normalized</b> = merged / individual accuracy per task, averaged;
-<b>drop_std</b> = standard deviation over tasks of (individual − merged) accuracy. The scale column says which
-value each method used and whether it was fixed or chosen on the validation splits over
-<code>evaluate.scale_grid</code> = {html.escape(str(cfg.evaluate.scale_grid))}; a chosen scale on the grid's
-edge is flagged <b>True</b> in <code>scale_on_grid_edge</code> (the grid, not the method, may limit it).</p>
-{show.to_html(index=False, na_rep="")}
-<h2>The papers' claims on this run</h2>
-<p>Each claim of the CAT and LOT papers that this run can test, with its outcome. Failed claims are shown as
-measured, not tuned away.</p>
-{_claims_html(summary, cfg)}
-<h2>Task vectors</h2>
-{_task_vectors_html(cfg)}
-<h2>Figures</h2>{''.join(_img(f) for f in figs)}
-<h2>Provenance</h2>
-<p>git commit <code>{_git_commit()}</code>; device(s) {html.escape(', '.join(device))}; Python {platform.python_version()}
-on {html.escape(platform.platform())}</p>
-<h3>Package versions</h3><pre>{html.escape(json.dumps(_versions(), indent=1))}</pre>
-<h3>Parameters</h3><pre>{html.escape(json.dumps(cfg.raw, indent=1))}</pre>
-<h3>Input artifacts (SHA-256)</h3><pre>{html.escape(json.dumps(inputs, indent=1, sort_keys=True))}</pre>
-</body></html>"""
+    refs = {m: float(summary.loc[summary["model"] == m, "average"].iloc[0]) for m in REFERENCES}
+    git = provenance.git_state()
+    devices = sorted({read_json(paths.evaluation(m)).get("device", "?") for m in cfg.models()})
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda x: "" if x is None or pd.isna(x) else f"{100 * x:.1f}"
+    env.filters["scale_text"] = lambda row: _scale_text(row.get("scale_name"), row.get("scale"))
+    rows = table.to_dict("records")
+    page = env.get_template("report.html.j2").render(
+        name=cfg.raw["name"], tasks=list(cfg.tasks), grid=list(cfg.evaluate.scale_grid),
+        references=[r for r in rows if r["model"] in REFERENCES],
+        ranked=[r for r in rows if r["model"] in set(main["model"])],
+        sweeps=[r for r in rows if r["model"] in set(merges[merges["sweep"] != ""]["model"])],
+        rows=rows, claims=check_claims(summary, _lot_exemplar_runs(cfg)), geometry=task_vector_geometry(cfg),
+        paper=paper_comparison(cfg, summary, long), figures=_figures(cfg, summary, long, order, refs),
+        git=git, devices=devices, platform=provenance.platform_line(), versions=provenance.versions(),
+        params=json.dumps(cfg.raw, indent=1), lock=provenance.dvc_lock_inputs(), inputs=_inputs(cfg))
     with atomic_path(paths.REPORTS / "report.html") as tmp:
         tmp.write_text(page)
     return paths.REPORTS / "report.html"
