@@ -2,7 +2,9 @@
 
 ``data/prepared/<task>/{train,val,test}.safetensors`` hold ``images`` (N, 3, S, S) uint8 and ``labels``
 (N,) int64 at the configured model's image size; ``manifest.json`` records, per split, the sample count,
-a hash of the index list it came from and the file's hash, plus the class names and templates.
+a hash of the index list it came from and the file's hash, plus the class names and templates. Splits are
+written image by image and read by index (:mod:`mergeflow.data.split_file`): at 224 px one split can be
+larger than a machine's memory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tqdm import tqdm
 from mergeflow import paths
 from mergeflow.data.registry import SPLITS, get_task, load_split
 from mergeflow.errors import MergeflowError
-from mergeflow.io import hash_file, hash_tensor, load_tensors, read_json, save_tensors, write_json
+from mergeflow.data.split_file import LazyImages, SplitWriter, open_split
+from mergeflow.io import hash_file, hash_tensor, read_json, write_json
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
@@ -37,6 +40,26 @@ def _indices(dataset) -> torch.Tensor:
     return torch.as_tensor(getattr(dataset, "indices", range(len(dataset))), dtype=torch.int64)
 
 
+def write_split(dataset, file: Path, size: int, desc: str = "prepare", *, check_labels: int | None = None,
+                where: str = "") -> np.ndarray:
+    """Resize every ``(PIL image, label)`` of ``dataset`` to ``size`` and stream it into ``file``; the labels.
+
+    One image is in memory at a time. ``check_labels``: the class count labels must stay below.
+    """
+    writer = SplitWriter(file, len(dataset), size)
+    try:
+        for i in tqdm(range(len(dataset)), desc=desc, leave=False, mininterval=2.0):
+            img, label = dataset[i]
+            writer.put(resize_center_crop(img, size), label)
+        labels = writer.labels
+        if check_labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= check_labels):
+            raise MergeflowError(f"{where} labels outside [0, {check_labels})")
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
 def prepare_task(task: str, raw_root: Path, size: int, out_dir: Path | None = None, *, val_fraction: float = 0.1,
                  max_val: int = 5000, split_seed: int = 0) -> dict:
     """Write the three prepared splits and the manifest of ``task``; returns the manifest."""
@@ -47,34 +70,25 @@ def prepare_task(task: str, raw_root: Path, size: int, out_dir: Path | None = No
         ds = load_split(task, split, raw_root, val_fraction=val_fraction, max_val=max_val, seed=split_seed)
         if len(ds) == 0:
             raise MergeflowError(f"{raw_root}/{task}: the {split} split is empty")
-        images = np.empty((len(ds), 3, size, size), np.uint8)
-        labels = np.empty(len(ds), np.int64)
-        for i in tqdm(range(len(ds)), desc=f"prepare {task}/{split}", leave=False, mininterval=2.0):
-            img, label = ds[i]
-            images[i] = resize_center_crop(img, size)
-            labels[i] = label
-        manifest["classnames"] = ds.classnames
-        n_classes = len(ds.classnames)
-        if labels.min() < 0 or labels.max() >= n_classes:
-            raise MergeflowError(f"{raw_root}/{task}: {split} labels outside [0, {n_classes})")
         file = out_dir / f"{split}.safetensors"
-        save_tensors(file, {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)})
+        labels = write_split(ds, file, size, f"prepare {task}/{split}",
+                             check_labels=len(ds.classnames), where=f"{raw_root}/{task}: {split}")
+        manifest["classnames"] = ds.classnames
         manifest["splits"][split] = {"count": int(len(labels)), "index_hash": hash_tensor(_indices(ds)),
                                      "file_sha256": hash_file(file)}
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
-def load_prepared(task: str, split: str, root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8 (N,3,S,S), labels int64 (N,))`` of a prepared split, checked for shape and consistency."""
+def load_prepared(task: str, split: str, root: Path | None = None) -> tuple[LazyImages, torch.Tensor]:
+    """``(images, labels int64 (N,))`` of a prepared split; ``images`` (N,3,S,S) uint8 is read as it is indexed."""
     file = (Path(root) / task / f"{split}.safetensors") if root else paths.prepared(task, split)
-    tensors = load_tensors(file)
-    images, labels = tensors.get("images"), tensors.get("labels")
-    if images is None or labels is None or images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8 \
-            or labels.shape != (images.shape[0],):
-        raise MergeflowError(f"{file}: not a prepared split (expected uint8 'images' N×3×S×S and 'labels' N); "
-                             f"rerun `mergeflow prepare --task {task}`")
-    return images, labels
+    try:
+        return open_split(file)
+    except MergeflowError as exc:
+        if "not a prepared split" in str(exc):
+            raise MergeflowError(f"{exc}; rerun `mergeflow prepare --task {task}`") from None
+        raise
 
 
 def classnames(task: str, root: Path | None = None) -> list[str]:
