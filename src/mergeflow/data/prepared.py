@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from mergeflow import paths
 from mergeflow.data.registry import SPLITS, get_task, load_split
-from mergeflow.errors import MergeflowError
 from mergeflow.data.split_file import LazyImages, SplitWriter, open_split
+from mergeflow.errors import MergeflowError
 from mergeflow.io import hash_file, hash_tensor, read_json, write_json
 
 
