@@ -109,6 +109,31 @@ def test_the_report_fits_the_page_in_a_real_browser(dvc_ws, tmp_path):
     assert result["images"] >= 5 and (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_the_slurm_profile_runs_on_a_real_single_node_cluster(smk_ws, tmp_path):
+    """Every job through sbatch on a cluster this test starts itself; the metrics equal a local run's."""
+    from slurm_cluster import completed_jobs, local_cluster, unavailable
+
+    if why := unavailable():
+        pytest.skip(why)
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
+    ws = _workspace(tmp_path / "ws")
+    with local_cluster(tmp_path / "slurm") as cluster:
+        out = subprocess.run([str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm",
+                              "--slurm-status-command", "squeue",  # no slurmdbd here, so no sacct
+                              "--slurm-init-seconds-before-status-checks", "1",
+                              "--default-resources", f"slurm_partition={cluster['partition']}"],
+                             cwd=ws, env={**engine_env(), **cluster["env"]}, capture_output=True, text=True)
+        finished = completed_jobs(cluster["jobcomp"])
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", log))
+    total = int(re.search(r"^total\s+(\d+)", log, re.M).group(1))
+    assert len(submitted) == total - 1  # every job but the target rule `all`, which has nothing to run
+    states = {j["JobId"]: j["JobState"] for j in finished}
+    assert submitted <= set(states) and {states[j] for j in submitted} == {"COMPLETED"}, states
+    assert _metrics(ws) == _metrics(smk_ws)
+
+
 def test_snakemake_gives_the_same_metrics(dvc_ws, smk_ws):
     assert _metrics(smk_ws) == _metrics(dvc_ws)
     # the same bytes, not just the same rounded accuracies: a thread count that differs between the engines

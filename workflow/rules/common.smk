@@ -1,5 +1,6 @@
 # Derived lists: tasks, merge runs and the statistics variants they need, from mergeflow's own config code
 # so that the CLI, DVC and Snakemake agree on names.
+from mergeflow import cluster as mf_cluster
 from mergeflow import config as mf_config
 from mergeflow import paths as mf_paths
 from mergeflow.models import importer as mf_importer
@@ -11,6 +12,17 @@ VARIANTS = [v.name for v in CFG.variants()]
 # the files an import reads (each one an input, so a replaced checkpoint reruns it); the default root when
 # nothing is imported, as in dvc.yaml
 IMPORT_ROOT = [str(p) for p in mf_importer.source_files(CFG)] or [str(mf_paths.COMMUNITY)]
+
+# What each rule asks a scheduler for (mergeflow.cluster, scaled by model.arch). On one machine every job
+# gets all cores, one job at a time per stage as under DVC; a cluster executor has no total core count,
+# so a job gets the table's CPUs. (The thread count inside a job follows its CPU affinity either way.)
+try:
+    _CORES = workflow.cores
+except Exception:  # WorkflowError: "requires a total number of cores" under --executor slurm
+    _CORES = None
+_RESOURCES = mf_cluster.resources(CFG.raw["model"]["arch"], CFG.raw["device"])
+THREADS = {rule: _CORES or r["cpus"] for rule, r in _RESOURCES.items()}
+RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _RESOURCES.items()}
 
 
 def run_stats(wildcards):

@@ -2,7 +2,9 @@ rule fetch:
     # one job for every task, which it spreads over worker processes (one per core): reserve the cores
     output:
         directory(config["data"]["raw_dir"]),
-    threads: workflow.cores
+    threads: THREADS["fetch"]
+    resources:
+        **RESOURCES["fetch"],
     params:
         tasks=TASKS,
         generate=config["data"]["generate"],
@@ -26,6 +28,8 @@ rule prepare:
         tasks=TASKS,
         split=[config["data"]["val_fraction"], config["data"]["max_val"], config["data"]["split_seed"]],
         arch=config["model"]["arch"],
+    resources:
+        **RESOURCES["prepare"],
     log:
         "logs/prepare.log",
     benchmark:

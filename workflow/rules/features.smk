@@ -7,6 +7,8 @@ rule exemplars:
     params:
         tasks=TASKS,
         exemplars=config["exemplars"],
+    resources:
+        **RESOURCES["exemplars"],
     log:
         "logs/exemplars.log",
     benchmark:
@@ -31,7 +33,9 @@ rule features:
     params:
         features=config["features"],
         grid=config["evaluate"]["scale_grid"],  # a variant at scale auto has one file per grid value
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["features"]
+    resources:
+        **RESOURCES["features"],
     log:
         "logs/features/{variant}.log",
     benchmark:

@@ -16,7 +16,9 @@ rule merge:
     params:
         hparams=run_params,
         evaluate=config["evaluate"],
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["merge"]
+    resources:
+        **RESOURCES["merge"],
     log:
         "logs/merge/{run}.log",
     benchmark:

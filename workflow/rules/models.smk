@@ -9,7 +9,9 @@ rule import_models:
         model=config["model"],
         tasks=TASKS,
         seed=config["seed"],
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["import_models"]
+    resources:
+        **RESOURCES["import_models"],
     log:
         "logs/import.log",
     benchmark:
@@ -32,7 +34,9 @@ rule base:
         model=config["model"],
         pretrain=config["pretrain"],
         seed=config["seed"],
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["base"]
+    resources:
+        **RESOURCES["base"],
     log:
         "logs/base.log",
     benchmark:
@@ -53,7 +57,9 @@ rule heads:
         directory("models/heads"),
     params:
         tasks=TASKS,
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["heads"]
+    resources:
+        **RESOURCES["heads"],
     log:
         "logs/heads.log",
     benchmark:
@@ -74,7 +80,9 @@ rule finetune:
         "data/prepared",
     output:
         directory("models/experts"),
-    threads: workflow.cores
+    threads: THREADS["finetune"]
+    resources:
+        **RESOURCES["finetune"],
     params:
         finetune=config["finetune"],
         batch_size=config["evaluate"]["batch_size"],
@@ -103,7 +111,9 @@ rule reference:
         "reports/evaluation/individual.json",
     params:
         batch_size=config["evaluate"]["batch_size"],
-    threads: workflow.cores  # the thread count DVC's runs get: float sums depend on it
+    threads: THREADS["reference"]
+    resources:
+        **RESOURCES["reference"],
     log:
         "logs/evaluate/reference.log",
     benchmark:

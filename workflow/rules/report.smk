@@ -11,6 +11,8 @@ rule report:
     params:
         merge=config["merge"],
         sweeps=config["sweeps"],
+    resources:
+        **RESOURCES["report"],
     log:
         "logs/report.log",
     benchmark:
