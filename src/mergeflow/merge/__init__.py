@@ -14,22 +14,29 @@ import torch
 
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import (  # noqa: F401  (each import registers its method)
+    adamerging,
     cat,
     dare,
+    emr,
     fisher,
     iso_c,
     lot,
     pcb,
     regmean,
+    surgery,
+    tall,
     task_arithmetic,
     tatr,
     ties,
     tsv,
     weight_averaging,
 )
+from mergeflow.merge.context import TaskData
 from mergeflow.merge.registry import METHODS, HParam, MethodSpec, Need
+from mergeflow.merge.task_aware import AdaptedModel, MaskedTaskModels
 
-__all__ = ["METHODS", "HParam", "MethodSpec", "Need", "merge", "check_inputs"]
+__all__ = ["METHODS", "AdaptedModel", "HParam", "MaskedTaskModels", "MethodSpec", "Need", "TaskData", "merge",
+           "check_inputs"]
 
 
 def get_method(name: str) -> MethodSpec:
@@ -91,8 +98,8 @@ def _check_stats(spec: MethodSpec, hp: dict[str, Any], experts, stats) -> None:
 
 
 def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]],
-          stats: dict | None = None, diagnostics: dict | None = None,
-          **hyperparameters: Any) -> dict[str, torch.Tensor]:
+          stats: dict | None = None, diagnostics: dict | None = None, data: TaskData | None = None,
+          **hyperparameters: Any) -> dict[str, torch.Tensor] | MaskedTaskModels | AdaptedModel:
     """Merge ``experts`` into one state dict with method ``name``.
 
     Args:
@@ -101,10 +108,12 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
         experts: task → state dict with the same keys, shapes and dtypes.
         stats: task → :class:`mergeflow.features.TaskStats`, for the methods that need them.
         diagnostics: if a dict, methods record what they chose (CAT: eigenvalues per unit).
+        data: the encoder and data, for the methods whose spec ``uses`` them (AdaMerging, Surgery, TALL).
         **hyperparameters: overrides of the registry defaults (``lambda`` via ``**{"lambda": 5.0}``).
 
     Returns:
-        A state dict with ``pretrained``'s keys, shapes and dtypes.
+        A state dict with ``pretrained``'s keys, shapes and dtypes; for a ``task_aware`` method a
+        :class:`MaskedTaskModels` or :class:`AdaptedModel` covering every task.
     """
     spec = get_method(name)
     hp = spec.resolve(hyperparameters)
@@ -113,7 +122,16 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
     check_inputs(pretrained, experts)
     _check_stats(spec, hp, experts, stats)
     kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
+    if spec.uses:
+        if data is None:
+            raise MergeflowError(f"{name} runs the encoder ({', '.join(spec.uses)}): pass data=TaskData(...)")
+        kwargs["data"] = data
     out = spec.fn(pretrained, experts, stats=stats, diagnostics=diagnostics, **kwargs)
+    if spec.task_aware:
+        missing = [t for t in experts if t not in out.tasks]
+        if missing:
+            raise MergeflowError(f"{name}: no per-task part for task {missing[0]!r}")
+        return out
     for key, ref in pretrained.items():
         assert out[key].shape == ref.shape and out[key].dtype == ref.dtype, key
     return {k: out[k] for k in pretrained}

@@ -81,6 +81,9 @@ class MethodSpec:
     hparams: dict[str, HParam]
     needs: tuple[Need, ...] = ()
     scale: str | None = None  # the hyper-parameter that scales the merged task vector (tunable with `auto`)
+    task_aware: bool = False  # the result keeps a per-task part: the task must be known at inference
+    uses: tuple[str, ...] = ()  # what of mergeflow.merge.context.TaskData it reads: unlabeled, validation, merged
+    training: bool = False  # it optimises something on data (its wall time is part of its cost)
 
     def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``given``, each value checked; unknown names list the accepted ones."""
@@ -110,13 +113,21 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], needs: Sequence[Need] = (),
-             scale: str | None = None):
-    """Decorator: register a pure merge function under ``name``."""
+             scale: str | None = None, *, task_aware: bool = False, uses: Sequence[str] = (), training: bool = False):
+    """Decorator: register a pure merge function under ``name``.
+
+    A ``task_aware`` method returns a :mod:`mergeflow.merge.task_aware` result instead of a state dict; a
+    method that ``uses`` the encoder or data gets them as ``data=`` (:class:`mergeflow.merge.context.TaskData`).
+    """
+    unknown = set(uses) - {"unlabeled", "validation", "merged"}
+    if unknown:
+        raise ValueError(f"merge method {name!r}: unknown use {sorted(unknown)[0]!r}")
 
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, pretty, paper, fn, dict(hparams), tuple(needs), scale)
+        METHODS[name] = MethodSpec(name, pretty, paper, fn, dict(hparams), tuple(needs), scale, task_aware,
+                                   tuple(uses), training)
         return fn
 
     return wrap

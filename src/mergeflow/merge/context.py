@@ -1,0 +1,51 @@
+"""What the training-based and validation-tuned methods read beyond the weights.
+
+Most merge methods are pure functions of ``θ_pre``, the experts and precomputed statistics. AdaMerging,
+Representation Surgery and the TALL/Consensus masks also run the encoder: on unlabeled images of each task,
+or to score a candidate on a task's validation split. The merge stage supplies those as a
+:class:`TaskData`; tests build one around a tiny encoder. The methods stay functions of their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TaskData:
+    """Encoder access and data for the methods that run the model.
+
+    Attributes:
+        encode: ``encode(weights, images) -> z``: the image encoder's output for uint8 images under
+            ``weights`` (a state dict; functional, so gradients flow into the weights when they require them).
+        heads: task → frozen zero-shot head (classes × embedding).
+        logit_scale: CLIP's logit scale used with the heads.
+        unlabeled: task → indexable uint8 images whose labels the methods never see.
+        unlabeled_split: which split ``unlabeled`` comes from (``test`` as in the papers, or ``val``).
+        val_accuracy: ``val_accuracy(weights, task) -> float`` on the task's validation split.
+        merged: run name → the state dict of another run's merged model (Surgery's base).
+    """
+
+    encode: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+    heads: dict[str, torch.Tensor]
+    logit_scale: float
+    unlabeled: dict[str, Any] = field(default_factory=dict)
+    unlabeled_split: str = "test"
+    val_accuracy: Callable[[dict[str, torch.Tensor], str], float] | None = None
+    merged: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def logits(self, weights: dict[str, torch.Tensor], task: str, images: torch.Tensor) -> torch.Tensor:
+        """``scale · normalize(encode(x)) @ head_tᵀ``, the classifier of the task-arithmetic literature."""
+        z = F.normalize(self.encode(weights, images), dim=-1)
+        return self.logit_scale * z @ self.heads[task].to(z.device).t()
+
+    def sample(self, task: str, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` unlabeled images of ``task`` drawn uniformly (with replacement across calls)."""
+        images = self.unlabeled[task]
+        index = torch.randperm(len(images), generator=generator)[:count]
+        return images[index.sort().values]
