@@ -170,6 +170,16 @@ class Config:
                     runs.append(MergeRun(name, method, hp, (param, value), METHODS[method].variants(hp, seed)))
         return runs
 
+    def run_inputs(self, run: MergeRun) -> list[str]:
+        """What a merge run reads beyond the base, heads, experts and prepared splits: its statistics
+        folders and, for a method built on another run's model (Surgery), that model."""
+        from mergeflow.merge import METHODS
+
+        files = [f"data/features/{v.name}" for v in run.variants]
+        if "merged" in METHODS[run.method].uses:
+            files.append(f"models/merged/{run.hparams['base']}.safetensors")
+        return files
+
     def run(self, name: str) -> MergeRun:
         for run in self.merge_runs():
             if run.name == name:
@@ -227,6 +237,13 @@ def _check_semantics(cfg: Config) -> None:
             METHODS[method].resolve(cfg.block(method))
         except MergeflowError as exc:
             raise MergeflowError(f"{src}: merge.{method}: {exc}") from None
+    for method in merge["methods"]:
+        base_run = METHODS[method].resolve(cfg.block(method)).get("base") if "merged" in METHODS[method].uses else None
+        if base_run is not None and (base_run not in merge["methods"] or METHODS[base_run].task_aware
+                                     or base_run == method):
+            single = [m for m in merge["methods"] if not METHODS[m].task_aware and m != method]
+            raise MergeflowError(f"{src}: merge.{method}.base = {base_run!r}: must be a single-model method of "
+                                 f"merge.methods ({', '.join(single) or 'none configured'})")
     pool = int(cfg.raw["exemplars"]["pool"])
     for method, params in cfg.raw["sweeps"].items():
         if method not in merge["methods"]:

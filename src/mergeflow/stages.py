@@ -493,7 +493,7 @@ def accuracy_of(classifier, images, labels, cfg: Config, device) -> float:
     return accuracy(classifier, images, labels, batch_size=cfg.evaluate.batch_size, device=device)
 
 
-def _merge_once(run, spec, hp, pre, experts, stats, device) -> tuple[dict, dict, float]:
+def _merge_once(run, spec, hp, pre, experts, stats, device, data=None) -> tuple[dict, dict, float]:
     from mergeflow.merge import merge as do_merge
 
     dev_pre = {k: v.to(device) for k, v in pre.items()}
@@ -503,11 +503,43 @@ def _merge_once(run, spec, hp, pre, experts, stats, device) -> tuple[dict, dict,
         dev_stats = {t: s.to(device) for t, s in stats.items()}
     diagnostics: dict = {}
     start = time.time()
-    merged = do_merge(run.method, dev_pre, dev_experts, stats=dev_stats, diagnostics=diagnostics, **hp)
+    merged = do_merge(run.method, dev_pre, dev_experts, stats=dev_stats, diagnostics=diagnostics, data=data, **hp)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start
+    if spec.task_aware:
+        return merged, diagnostics, wall
     return {k: v.cpu() for k, v in merged.items()}, diagnostics, wall
+
+
+def _task_data(cfg: Config, spec, hp: dict, model, device):
+    """The encoder, heads and data the methods that run the model read (:class:`TaskData`)."""
+    from torch.func import functional_call
+
+    from mergeflow.data.prepared import load_prepared
+    from mergeflow.merge.context import TaskData
+    from mergeflow.models.classifier import normalize_images
+
+    encoder = copy.deepcopy(model.visual).to(device).eval().requires_grad_(False)
+
+    def encode(weights, images):
+        return functional_call(encoder, weights, (normalize_images(images.to(device)),))
+
+    split = hp.get("unlabeled", "test")
+    unlabeled = {t: load_prepared(t, split)[0] for t in cfg.tasks} if "unlabeled" in spec.uses else {}
+    val_accuracy = None
+    if "validation" in spec.uses:
+        val, scratch = _val_sets(cfg), copy.deepcopy(model.visual)
+
+        def val_accuracy(weights, task):
+            scratch.load_state_dict({k: v.cpu() for k, v in weights.items()})
+            return accuracy_of(_classifier(scratch, task, _logit_scale(model)), *val[task], cfg, device)
+
+    merged = {}
+    if "merged" in spec.uses:
+        merged[hp["base"]] = {k: v.to(device) for k, v in load_tensors(paths.merged(hp["base"])).items()}
+    heads = {t: load_head(t).to(device) for t in cfg.tasks}
+    return TaskData(encode, heads, _logit_scale(model), unlabeled, split, val_accuracy, merged)
 
 
 def merge(cfg: Config, run_name: str) -> Path:
@@ -531,8 +563,9 @@ def merge(cfg: Config, run_name: str) -> Path:
     auto = scale_key is not None and hp[scale_key] == "auto"
     per_scale = auto and any(v.is_grid for v in run.variants)
     scale_info = {"name": scale_key, "value": hp.get(scale_key) if scale_key else None, "chosen_by": "fixed"}
+    data = _task_data(cfg, spec, hp, model, device) if spec.uses else None
     if not auto:
-        merged, diagnostics, wall = _merge_once(run, spec, hp, pre, experts, _run_stats(cfg, run), device)
+        merged, diagnostics, wall = _merge_once(run, spec, hp, pre, experts, _run_stats(cfg, run), device, data)
     else:
         val = _val_sets(cfg)
         expert_val = {t: read_json(paths.expert_log(t))["val_accuracy"] for t in cfg.tasks}
@@ -540,7 +573,7 @@ def merge(cfg: Config, run_name: str) -> Path:
         curve, kept, wall = [], None, 0.0  # kept: the best per-scale merge so far (one model in memory)
         if not per_scale:
             one, diagnostics, wall = _merge_once(run, spec, {**hp, scale_key: 1.0}, pre, experts,
-                                                 _run_stats(cfg, run), device)
+                                                 _run_stats(cfg, run), device, data)
             delta = {k: one[k].float() - pre[k].float() for k in pre if pre[k].is_floating_point()}
         for s in tqdm(cfg.evaluate.scale_grid, desc=f"{run.name}: {scale_key} on validation", mininterval=2.0):
             s = float(s)
@@ -549,7 +582,7 @@ def merge(cfg: Config, run_name: str) -> Path:
                     state, diag, w = pre, {}, 0.0
                 else:
                     state, diag, w = _merge_once(run, spec, {**hp, scale_key: s}, pre, experts,
-                                                 _run_stats(cfg, run, s), device)
+                                                 _run_stats(cfg, run, s), device, data)
                 wall += w
             else:
                 state = {k: (pre[k].float() + s * delta[k]).to(pre[k].dtype) if k in delta else pre[k] for k in pre}
@@ -572,11 +605,21 @@ def merge(cfg: Config, run_name: str) -> Path:
         for t in cfg.tasks:
             for s in scales:
                 inputs[str(paths.features(v.name, t, s))] = hash_file(paths.features(v.name, t, s))
-    save_tensors(paths.merged(run.name), merged, {"run": run.name, "method": run.method})
+    if "merged" in spec.uses:
+        inputs[str(paths.merged(hp["base"]))] = hash_file(paths.merged(hp["base"]))
+    extra_bytes = 0
+    if spec.task_aware:  # a shared part and a per-task part, in one file (masks bit-packed)
+        tensors, layout = merged.to_tensors()
+        extra_bytes = merged.extra_bytes()
+        save_tensors(paths.merged(run.name), tensors, {"run": run.name, "method": run.method, "task_aware": layout})
+    else:
+        save_tensors(paths.merged(run.name), merged, {"run": run.name, "method": run.method})
     write_json(paths.merge_report(run.name), {
         "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper,
         "hyperparameters": run.hparams, "sweep": list(run.sweep) if run.sweep else None, "scale": scale_info,
         "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "device": str(device),
+        "task_aware": spec.task_aware, "extra_bytes": extra_bytes, "training": spec.training,
+        "unlabeled_split": data.unlabeled_split if data is not None and data.unlabeled else None,
         "diagnostics": diagnostics, "inputs": inputs})
     return paths.merged(run.name)
 
@@ -596,19 +639,35 @@ def evaluate(cfg: Config, model_name: str) -> Path:
     pre = model.visual.state_dict()
     scale = _logit_scale(model)
     visual = copy.deepcopy(model.visual)
+    per_task_part = None  # a task-aware result: each task scored with its own part
     if model_name not in ("zeroshot", "individual"):
         cfg.run(model_name)
-        state = load_tensors(paths.merged(model_name))
+        from mergeflow.io import load_metadata
         from mergeflow.models.factory import load_visual_state
 
-        load_visual_state(visual, state, str(paths.merged(model_name)))
+        state = load_tensors(paths.merged(model_name))
+        layout = load_metadata(paths.merged(model_name)).get("task_aware")
+        if layout:
+            from mergeflow.merge.task_aware import from_tensors
+
+            per_task_part = from_tensors(state, layout)
+        else:
+            load_visual_state(visual, state, str(paths.merged(model_name)))
     per_task, inputs = {}, {}
     for t in cfg.tasks:
         images, labels = load_prepared(t, "test")
+        encoder = visual
         if model_name == "individual":
             visual.load_state_dict(load_expert(t, pre))
             inputs[str(paths.expert(t))] = hash_file(paths.expert(t))
-        acc = accuracy(_classifier(visual, t, scale, None), images, labels, batch_size=cfg.evaluate.batch_size,
+        elif per_task_part is not None:
+            from mergeflow.merge.task_aware import AdaptedEncoder
+            from mergeflow.models.factory import load_visual_state
+
+            load_visual_state(visual, per_task_part.state(pre, t), str(paths.merged(model_name)))
+            if per_task_part.kind == "adapted":
+                encoder = AdaptedEncoder(visual, per_task_part.adapter(t))
+        acc = accuracy(_classifier(encoder, t, scale, None), images, labels, batch_size=cfg.evaluate.batch_size,
                        device=device)
         per_task[t] = {"accuracy": acc, "count": int(len(labels))}
     individual, run_report = None, None

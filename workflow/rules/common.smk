@@ -26,7 +26,7 @@ RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _R
 
 
 def run_stats(wildcards):
-    return [f"data/features/{v.name}" for v in RUNS[wildcards.run].variants]
+    return CFG.run_inputs(RUNS[wildcards.run])
 
 
 def run_params(wildcards):

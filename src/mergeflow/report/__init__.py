@@ -47,13 +47,21 @@ def results_table(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
             spec = METHODS[rep["method"]]
             sweep = f"{rep['sweep'][0]} = {rep['sweep'][1]}" if rep["sweep"] else ""
             rec.update({"method": rep["method"], "label": spec.pretty + (f" ({sweep})" if sweep else ""),
-                        "kind": "task-aware" if getattr(spec, "task_aware", False) else "single model",
+                        "kind": _kind(spec, rep), "task_aware": spec.task_aware, "training": spec.training,
+                        "extra_bytes": rep.get("extra_bytes", 0),
                         "scale_name": rep["scale"]["name"], "scale": rep["scale"]["value"],
                         "scale_chosen_by": rep["scale"]["chosen_by"] if rep["scale"]["name"] else "",
                         "scale_on_grid_edge": rep["scale"].get("on_edge", ""), "merge_wall_s": rep["wall_s"],
                         "sweep": sweep})
         summary.append(rec)
     return pd.DataFrame(rows), pd.DataFrame(summary)
+
+
+def _kind(spec, rep: dict) -> str:
+    kind = "task-aware" if spec.task_aware else "single model"
+    if spec.training:  # the papers train on the test images without their labels: say which split it was
+        kind += f", trained on unlabeled {rep.get('unlabeled_split') or 'test'} images"
+    return kind
 
 
 def _sweep_points(cfg, summary: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +75,8 @@ def _sweep_points(cfg, summary: pd.DataFrame) -> pd.DataFrame:
             value = cfg.run(method).hparams[param]
             if value == "auto" and param == base["scale_name"].iloc[0]:
                 value = base["scale"].iloc[0]
+            if not isinstance(value, int | float) or not all(isinstance(v, int | float) for v in values):
+                continue  # a categorical sweep (AdaMerging's granularity) is a row of the table, not a curve
             if value != "auto":
                 points.append({"method": method, "param": param, "value": float(value),
                                "average": float(base["average"].iloc[0]), "main": True})
@@ -198,7 +208,8 @@ def build_report(cfg) -> Path:
     page = env.get_template("report.html.j2").render(
         name=cfg.raw["name"], tasks=list(cfg.tasks), grid=list(cfg.evaluate.scale_grid),
         references=[r for r in rows if r["model"] in REFERENCES],
-        ranked=[r for r in rows if r["model"] in set(main["model"])],
+        ranked=[r for r in rows if r["model"] in set(main["model"]) and not r.get("task_aware")],
+        task_aware=[r for r in rows if r["model"] in set(main["model"]) and r.get("task_aware")],
         sweeps=[r for r in rows if r["model"] in set(merges[merges["sweep"] != ""]["model"])],
         rows=rows, claims=check_claims(summary, _lot_exemplar_runs(cfg)), geometry=task_vector_geometry(cfg),
         paper=paper_comparison(cfg, summary, long), figures=_figures(cfg, summary, long, order, refs),
