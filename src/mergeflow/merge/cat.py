@@ -62,6 +62,12 @@ def gram_factor(gram: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.from_numpy(factor[:done].T.copy()).to(device=gram.device, dtype=gram.dtype)
 
 
+# An eigenvalue of M_k counts as positive above this share of its scale, tr Σ_{i≠k} W_i (G_k + λ G_i) W_iᵀ:
+# below it, a float32 eigensolver's round-off decides the sign, and a null-space direction of a rank-deficient
+# M_k (few exemplar rows, a zero Gram) would be trimmed at random.
+POSITIVE = 1e-5
+
+
 def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: float, order: str):
     """For every task k, the basis of ``M_k = Σ_{i≠k} W_i (G_k − λ G_i) W_iᵀ`` chosen by ``order``.
 
@@ -94,6 +100,7 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
     for k in range(n):
         others = [i for i in range(n) if i != k]
         drift_trace = float(energy[k].sum() - energy[k, k])
+        scale = drift_trace + lam * sum(float(energy[i, i]) for i in others)
         w_drift = (n - 1) * (offsets[k + 1] - offsets[k])
         width = w_drift + sum(offsets[i + 1] - offsets[i] for i in others)
         if order == "bottom" or d_out <= width:
@@ -125,7 +132,7 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
         vals, vecs = vals.to(ws[0].device), vecs.to(ws[0].device)
         if order == "top":
             idx = torch.argsort(vals, descending=True)
-            idx = idx[vals[idx] > 0]
+            idx = idx[vals[idx] > POSITIVE * scale]
         else:
             idx = torch.argsort(vals)
         out.append((vecs[:, idx], vals[idx], drift_trace))
