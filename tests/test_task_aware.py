@@ -221,3 +221,12 @@ def test_registry_marks_the_new_methods():
     assert METHODS["emr"].task_aware and METHODS["tall_masks"].task_aware and METHODS["surgery"].task_aware
     assert METHODS["adamerging"].training and METHODS["surgery"].training
     assert not METHODS["consensus"].task_aware and METHODS["consensus"].scale == "alpha"
+
+
+def test_one_pass_over_several_tasks_gives_each_task_its_logits():
+    pre, _ = _models()
+    data = _data()
+    images = {t: data.unlabeled[t][:5] for t in TASKS}
+    together = data.logits_of_tasks(pre, images)
+    for t in TASKS:
+        torch.testing.assert_close(together[t], data.logits(pre, t, images[t]))

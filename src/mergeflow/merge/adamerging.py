@@ -76,7 +76,8 @@ def adamerging(pretrained, experts, stats=None, diagnostics=None, data=None, *, 
     losses = []
     for _ in tqdm(range(steps), desc=f"adamerging ({granularity}-wise)", mininterval=2.0):
         weights = {**frozen, **combine(pretrained, stacked, coefficients)}
-        loss = sum(entropy(data.logits(weights, t, data.sample(t, batch_size, generator).to(device))) for t in tasks)
+        batch = {t: data.sample(t, batch_size, generator) for t in tasks}
+        loss = sum(entropy(logits) for logits in data.logits_of_tasks(weights, batch).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -44,6 +44,19 @@ class TaskData:
         z = F.normalize(self.encode(weights, images), dim=-1)
         return self.logit_scale * z @ self.heads[task].to(z.device).t()
 
+    def logits_of_tasks(self, weights: dict[str, torch.Tensor],
+                        images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`logits` of several tasks' images in one pass of the encoder (a ViT treats images
+        independently, so this equals one pass per task, at a fraction of the per-operation cost)."""
+        tasks = list(images)
+        z = F.normalize(self.encode(weights, torch.cat([images[t] for t in tasks])), dim=-1)
+        out, start = {}, 0
+        for t in tasks:
+            part = z[start:start + len(images[t])]
+            out[t] = self.logit_scale * part @ self.heads[t].to(z.device).t()
+            start += len(images[t])
+        return out
+
     def sample(self, task: str, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` unlabeled images of ``task`` drawn uniformly (with replacement across calls)."""
         images = self.unlabeled[task]
