@@ -19,3 +19,9 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 0 and "merge.cat.lambda = -5.0: must be >= 0" in err
     assert main(["fetch", "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_every_stage_has_a_handler():
+    from mergeflow import cli
+
+    assert set(cli.HANDLERS) | {"report"} == set(cli.STAGES)

@@ -62,12 +62,45 @@ def _tasks(args: argparse.Namespace, cfg) -> list[str]:
     return [args.task] if args.task else list(cfg.tasks)
 
 
+def _each_task(fn):
+    """A stage run once per task of ``--task`` or ``data.tasks``."""
+    return lambda stages, cfg, args: [fn(stages, cfg, args, task) for task in _tasks(args, cfg)]
+
+
+def _merge(stages, cfg, args) -> None:
+    stages.merge(cfg, args.method)
+    if args.evaluate:
+        stages.evaluate(cfg, args.method)
+
+
+def _tasks_figure(stages, cfg, args) -> None:
+    from mergeflow.report.figures import tasks_figure
+
+    tasks_figure(cfg)
+
+
+# stage → what it runs, given the stages module, the configuration and the parsed arguments
+HANDLERS = {
+    "fetch": lambda stages, cfg, args: stages.fetch_tasks(cfg, _tasks(args, cfg)),
+    "prepare": _each_task(lambda stages, cfg, args, task: stages.prepare(cfg, task)),
+    "pretrain": lambda stages, cfg, args: print(stages.pretrain(cfg, args.tag, args.out, args.steps)),
+    "import": lambda stages, cfg, args: stages.import_models(cfg),
+    "base": lambda stages, cfg, args: stages.base(cfg),
+    "heads": _each_task(lambda stages, cfg, args, task: stages.heads(cfg, task)),
+    "finetune": lambda stages, cfg, args: stages.finetune_tasks(cfg, _tasks(args, cfg)),
+    "exemplars": _each_task(lambda stages, cfg, args, task: stages.exemplars(cfg, task, args.seed)),
+    "features": _each_task(lambda stages, cfg, args, task: stages.features(cfg, task, args.variant)),
+    "merge": _merge,
+    "evaluate": lambda stages, cfg, args: [stages.evaluate(cfg, model) for model in args.model],
+    "tasks-figure": _tasks_figure,
+}
+
+
 def _run(args: argparse.Namespace) -> None:
     from mergeflow import config
 
     cfg = config.load(args.params)
-    stage = args.stage
-    if stage == "report":  # JSON in, tables and figures out (torch is loaded anyway: the registries checked above)
+    if args.stage == "report":  # JSON in, tables and figures out (torch is loaded anyway: the registries checked above)
         from mergeflow.report import build_report
 
         build_report(cfg)
@@ -79,39 +112,7 @@ def _run(args: argparse.Namespace) -> None:
 
         get_task(args.task)  # unknown name: lists the known tasks
         raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
-    if stage == "fetch":
-        stages.fetch_tasks(cfg, _tasks(args, cfg))
-    elif stage == "prepare":
-        for task in _tasks(args, cfg):
-            stages.prepare(cfg, task)
-    elif stage == "pretrain":
-        print(stages.pretrain(cfg, args.tag, args.out, args.steps))
-    elif stage == "import":
-        stages.import_models(cfg)
-    elif stage == "base":
-        stages.base(cfg)
-    elif stage == "heads":
-        for task in _tasks(args, cfg):
-            stages.heads(cfg, task)
-    elif stage == "finetune":
-        stages.finetune_tasks(cfg, _tasks(args, cfg))
-    elif stage == "exemplars":
-        for task in _tasks(args, cfg):
-            stages.exemplars(cfg, task, args.seed)
-    elif stage == "features":
-        for task in _tasks(args, cfg):
-            stages.features(cfg, task, args.variant)
-    elif stage == "merge":
-        stages.merge(cfg, args.method)
-        if args.evaluate:
-            stages.evaluate(cfg, args.method)
-    elif stage == "evaluate":
-        for model in args.model:
-            stages.evaluate(cfg, model)
-    elif stage == "tasks-figure":
-        from mergeflow.report.figures import tasks_figure
-
-        tasks_figure(cfg)
+    HANDLERS[args.stage](stages, cfg, args)
 
 
 def _fix_threads() -> None:
