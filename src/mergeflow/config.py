@@ -17,7 +17,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mergeflow.data import TASKS
 from mergeflow.errors import MergeflowError
+from mergeflow.merge import METHODS
+from mergeflow.variant import Variant  # noqa: F401  (part of this module's interface)
 
 DEFAULT_PARAMS = Path("params.yaml")
 SWEEP_SEP = "--"
@@ -74,55 +77,6 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A statistics artifact: which statistics, of which model, on how many exemplars, from which seed.
-
-    The model is ``θ_pre + scale · T_k`` (scale 0: the pre-trained encoder; 1: the expert). The name is
-    what the engines put in the path, ``data/features/<name>/<task>.safetensors``; the scale is kept as
-    written in params.yaml so that DVC's interpolation and ours spell it the same way. Scale ``auto``
-    (CAT with its α chosen on validation) stands for one set of statistics per non-zero value of
-    ``evaluate.scale_grid``, stored as ``<task>.a<value>.safetensors`` in the same folder.
-    """
-
-    kind: str  # gram | fisher | grad
-    scale: str
-    count: int
-    seed: int
-
-    KINDS = ("gram", "fisher", "grad")
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-a{self.scale}-n{self.count}-s{self.seed}"
-
-    @property
-    def scale_value(self) -> float:
-        if self.is_grid:
-            raise MergeflowError(f"variant {self.name}: scale auto stands for every value of evaluate.scale_grid")
-        return float(self.scale)
-
-    @property
-    def is_grid(self) -> bool:
-        return self.scale == "auto"
-
-    @classmethod
-    def parse(cls, name: str) -> Variant:
-        """Parse ``<kind>-a<scale>-n<count>-s<seed>``; anything else is a :class:`MergeflowError`."""
-        try:
-            kind, a, n, s = name.split("-")
-            if kind not in cls.KINDS or a[0] != "a" or n[0] != "n" or s[0] != "s":
-                raise ValueError
-            if a[1:] != "auto":
-                float(a[1:])
-            return cls(kind, a[1:], int(n[1:]), int(s[1:]))
-        except (ValueError, IndexError):
-            raise MergeflowError(
-                f"unknown features variant {name!r}; expected <kind>-a<scale>-n<count>-s<seed> with kind one of "
-                f"{', '.join(cls.KINDS)} (e.g. gram-a0.4-n2-s0; scale auto: one per value of "
-                "evaluate.scale_grid)") from None
-
-
-@dataclass(frozen=True)
 class MergeRun:
     """One merge to perform: a method with its resolved hyper-parameters (a sweep point overrides one)."""
 
@@ -155,8 +109,6 @@ class Config:
 
     def merge_runs(self) -> list[MergeRun]:
         """The base run of every configured method, then every sweep point, in params order."""
-        from mergeflow.merge import METHODS
-
         seed = int(self.raw["exemplars"]["seed"])
         runs = []
         for method in self.raw["merge"]["methods"]:
@@ -173,8 +125,6 @@ class Config:
     def run_inputs(self, run: MergeRun) -> list[str]:
         """What a merge run reads beyond the base, heads, experts and prepared splits: its statistics
         folders and, for a method built on another run's model (Surgery), that model."""
-        from mergeflow.merge import METHODS
-
         files = [f"data/features/{v.name}" for v in run.variants]
         if "merged" in METHODS[run.method].uses:
             files.append(f"models/merged/{run.hparams['base']}.safetensors")
@@ -221,9 +171,6 @@ class _Section:
 
 
 def _check_semantics(cfg: Config) -> None:
-    from mergeflow.data import TASKS
-    from mergeflow.merge import METHODS
-
     src = cfg.source
     for task in cfg.tasks:
         if task not in TASKS:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergeflow.errors import MergeflowError
+from mergeflow.variant import Variant
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,7 @@ class MethodSpec:
         return {name: hp.check(name, given.get(name, hp.default)) for name, hp in self.hparams.items()}
 
     def variants(self, hp: dict[str, Any], seed: int) -> tuple:
-        """The statistics artifacts (:class:`mergeflow.config.Variant`) this method needs at ``hp``."""
-        from mergeflow.config import Variant
-
+        """The statistics artifacts (:class:`mergeflow.variant.Variant`) this method needs at ``hp``."""
         out = []
         for need in self.needs:
             if need.when(hp):
