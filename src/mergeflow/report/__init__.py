@@ -143,6 +143,14 @@ def _validation_curves(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return curves
 
 
+def _marked(merges: pd.DataFrame) -> pd.DataFrame:
+    """The runs with task-aware results labelled as such (a figure has no table block to keep them apart)."""
+    out = merges.copy()
+    aware = out["task_aware"].fillna(False).astype(bool) if "task_aware" in out else False
+    out.loc[aware, "label"] = out.loc[aware, "label"] + " [task-aware]"
+    return out
+
+
 def _image(path: Path, caption: str) -> dict:
     return {"caption": caption, "name": path.name,
             "src": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()}
@@ -154,8 +162,9 @@ def _figures(cfg, summary: pd.DataFrame, long: pd.DataFrame, order: list[str], r
     acc.index = [summary.set_index("model").loc[m, "label"] for m in acc.index]
     figs = [_image(figures.heatmap(acc, paths.FIGURES / "heatmap.png"),
                    "Test accuracy per run and task (%), in the order of the summary."),
-            _image(figures.ranked_bars(merges[merges["sweep"] == ""], refs, paths.FIGURES / "ranked.png"),
-                   "Average test accuracy of every merge, best on top; zero-shot and the experts as lines.")]
+            _image(figures.ranked_bars(_marked(merges[merges["sweep"] == ""]), refs, paths.FIGURES / "ranked.png"),
+                   "Average test accuracy of every merge, best on top; zero-shot and the experts as lines; "
+                   "[task-aware] results need the task at inference.")]
     points = _sweep_points(cfg, summary)
     if len(points):
         figs.append(_image(figures.sensitivity(points, refs, paths.FIGURES / "sensitivity.png"),
