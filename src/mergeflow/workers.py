@@ -1,9 +1,8 @@
 """Independent CPU jobs in worker processes: one per core, each with its share of the threads.
 
-Small models do not spread over threads: on the 2-core reference machine one fine-tuning step of the
-offline ViT takes 104 ms with two threads in one process, while two one-thread processes each take 156 ms
-per step (78 ms a step together). Whole jobs spread well, so stages with independent jobs (one expert per
-task) run them side by side.
+Small models do not spread over threads: one fine-tuning step of the offline ViT gains little from a
+second thread, while two one-thread processes do twice the steps (docs/benchmarks.md). Whole jobs spread
+well, so stages with independent jobs (one expert per task) run them side by side.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ inside a hook on the attention module from that same input.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,20 @@ def attention_context(attn: nn.MultiheadAttention, x: torch.Tensor, attn_mask: t
     return ctx.transpose(1, 2).reshape(b, n, w)
 
 
+def _ln_hook(acc, weight_key, mod, args, out):
+    acc.sqnorm(weight_key, mod, args[0])
+
+
+def _attn_hook(acc, in_key, out_key, mod, args, kwargs, out):
+    x = args[0]
+    acc.gram(in_key, x)
+    acc.gram(out_key, attention_context(mod, x, kwargs.get("attn_mask")))
+
+
+def _linear_hook(acc, weight_key, mod, args):
+    acc.gram(weight_key, args[0])
+
+
 def _install_hooks(visual: nn.Module, acc: _Accumulator, extra: bool) -> list:
     handles = []
     prefix = {m: n for n, m in visual.named_modules()}
@@ -63,21 +78,15 @@ def _install_hooks(visual: nn.Module, acc: _Accumulator, extra: bool) -> list:
         name = prefix[module]
         return f"{name}.{param}" if name else param
 
+    # each hook gets its parameter names bound now (a closure over the loop variable would see the last one)
     for name, module in visual.named_modules():
         if isinstance(module, nn.LayerNorm):
-            def ln_hook(mod, args, out, _k=key(module, "weight")):
-                acc.sqnorm(_k, mod, args[0])
-            handles.append(module.register_forward_hook(ln_hook))
+            handles.append(module.register_forward_hook(partial(_ln_hook, acc, key(module, "weight"))))
         if isinstance(module, nn.MultiheadAttention):
-            def attn_hook(mod, args, kwargs, out, _k=key(module, "in_proj_weight"), _o=key(module.out_proj, "weight")):
-                x = args[0]
-                acc.gram(_k, x)
-                acc.gram(_o, attention_context(mod, x, kwargs.get("attn_mask")))
-            handles.append(module.register_forward_hook(attn_hook, with_kwargs=True))
+            hook = partial(_attn_hook, acc, key(module, "in_proj_weight"), key(module.out_proj, "weight"))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         if name.endswith("mlp.c_fc") or name.endswith("mlp.c_proj"):
-            def linear_hook(mod, args, _k=key(module, "weight")):
-                acc.gram(_k, args[0])
-            handles.append(module.register_forward_pre_hook(linear_hook))
+            handles.append(module.register_forward_pre_hook(partial(_linear_hook, acc, key(module, "weight"))))
     if extra and hasattr(visual, "conv1"):
         conv = visual.conv1
 

@@ -32,9 +32,9 @@ def gram_factor(gram: torch.Tensor, rows: int) -> torch.Tensor:
     """``L`` with ``L Lᵀ = G``, at most ``rows`` columns wide when ``rows < d``.
 
     A Gram of ``rows`` feature rows has rank at most ``rows``, so a pivoted Cholesky factorisation is exact
-    after that many steps and costs ``d · rows²`` instead of the ``d²`` products of a range finder (8 s of
-    CAT's 83 s on ViT-B/32 went there). The steps run in float64 on the host: each is a handful of
-    vector operations, for which NumPy's per-call cost is a tenth of torch's. Without a row count
+    after that many steps and costs ``d · rows²`` instead of the ``d²`` products of a range finder. The
+    steps run in float64 on the host: each is a handful of vector operations, for which NumPy's per-call
+    cost is far below torch's. Without a row count
     (``rows ≥ d``) the factor comes from a full eigendecomposition, its null space dropped.
     """
     d = gram.shape[0]
@@ -88,8 +88,8 @@ def cat_bases(ws: list[torch.Tensor], factors: list[torch.Tensor], c: int, lam: 
     offsets = [0]
     for f in factors:
         offsets.append(offsets[-1] + f.shape[1])
-    # every L_jᵀ W_iᵀ in one (Σr × d_in)·(d_in × K·d_out) product (2.5× faster than K products on a 2-core
-    # CPU), laid out so that each (i, j) block's rows are contiguous: the gathers below copy whole rows
+    # every L_jᵀ W_iᵀ in one (Σr × d_in)·(d_in × K·d_out) product (one large product beats K small ones),
+    # laid out so that each (i, j) block's rows are contiguous: the gathers below copy whole rows
     products = torch.cat(factors, dim=1).t() @ torch.stack(ws).reshape(n * d_out, -1).t()
     blocks = [products[offsets[j]:offsets[j + 1]] for j in range(n)]  # row j: [L_jᵀ W_iᵀ]_i, contiguous
     own = [blocks[i][:, i * d_out:(i + 1) * d_out] for i in range(n)]  # L_iᵀ W_iᵀ

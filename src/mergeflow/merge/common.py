@@ -124,8 +124,8 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def symmetric_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All eigenpairs of a symmetric matrix, ascending. On CPU through SciPy's LAPACK ``syevd``, which is
-    1.5× faster than ``torch.linalg.eigh`` on the reference machine (2.3 s vs 3.4 s at d = 3072, float32)."""
+    """All eigenpairs of a symmetric matrix, ascending. On CPU through SciPy's LAPACK ``syevd``, faster than
+    ``torch.linalg.eigh`` there (benchmarks/merge_speed.py)."""
     if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
         import scipy.linalg
 
@@ -152,9 +152,8 @@ def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, tor
     """The ``c`` largest (``top``) or smallest (``bottom``) eigenpairs of a symmetric matrix, ascending.
     Only the lower triangle of ``m`` is read.
 
-    On CPU, LAPACK's ``syevx`` for an index subset skips the vectors nobody asked for: 2.2× faster than a
-    full ``eigh`` at d = 768, 2.9× at d = 1400; it runs without the GIL (:mod:`mergeflow.merge.lapack`). On a
-    GPU the full ``eigh`` is the fast one.
+    On CPU, LAPACK's ``syevx`` for an index subset skips the vectors nobody asked for, and it runs without
+    the GIL (:mod:`mergeflow.merge.lapack`). On a GPU the full ``eigh`` is the fast one.
     """
     n = m.shape[0]
     c = min(c, n)
@@ -176,8 +175,8 @@ _GRAM_RCOND = 1e-5
 def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The orthogonal polar factor ``U Vᵀ`` of ``m = U Σ Vᵀ`` and its singular values (descending).
 
-    Through the eigendecomposition of the smaller float64 Gram, ``m (mᵀm)^{-1/2}``: 2.5× faster than an SVD
-    on the reference CPU at 3072×768 (0.11 s vs 0.28 s); an SVD when ``m`` is close to rank-deficient.
+    Through the eigendecomposition of the smaller float64 Gram, ``m (mᵀm)^{-1/2}``, cheaper than an SVD of
+    a tall ``m``; an SVD when ``m`` is close to rank-deficient.
     """
     if m.shape[0] < m.shape[1]:
         q, s = polar_factor(m.t())
@@ -195,9 +194,8 @@ def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def top_singular(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top ``r`` singular triplets of ``m``: ``U_r`` (m×r), ``σ_r`` (descending), ``V_r`` (n×r).
 
-    From the ``r`` largest eigenpairs of the smaller float64 Gram (``V = eigvecs``, ``U = m V / σ``), which
-    is 2.3× faster than a full SVD at 3072×768 on the reference CPU; an SVD when ``σ_r`` is too small next to
-    ``σ_1`` for the Gram to resolve it.
+    From the ``r`` largest eigenpairs of the smaller float64 Gram (``V = eigvecs``, ``U = m V / σ``), cheaper
+    than a full SVD of a tall ``m``; an SVD when ``σ_r`` is too small next to ``σ_1`` for the Gram to resolve it.
     """
     if m.shape[0] < m.shape[1]:
         v, s, u = top_singular(m.t(), r)
