@@ -60,7 +60,7 @@ def markdown(stages: dict[str, float], total: float, code: int) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     groups: dict[str, list[float]] = {}
     for name, wall in stages.items():
-        groups.setdefault(re.split(r"[@_]", name)[0] if not name.startswith("sweep") else "sweeps", []).append(wall)
+        groups.setdefault(re.split(r"[@_-]", name)[0] if not name.startswith("sweep") else "sweeps", []).append(wall)
     parts = ", ".join(f"{g} {sum(w):.1f} s" + (f" ({len(w)} stages)" if len(w) > 1 else "") for g, w in groups.items())
     return (f"`python benchmarks/pipeline_time.py` (= `dvc repro`) at `{commit or 'unknown'}`, "
             f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores: **{total:.1f} s "

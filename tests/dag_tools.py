@@ -11,9 +11,16 @@ from pathlib import Path
 BIN = Path(sys.executable).parent  # the venv's bin: mergeflow, dvc, snakemake
 
 
-def engine_env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1"}
+def engine_env(workspace: Path | None = None, *extra_paths: Path) -> dict[str, str]:
+    """The environment of the engines' processes. A test workspace holds its own copy of src/ (its stages'
+    code dependencies): PYTHONPATH makes the `mergeflow` it runs that copy, so an edit there is what runs."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+           "DVC_NO_ANALYTICS": "1"}
+    paths = [*(([workspace / "src"]) if workspace is not None and (workspace / "src" / "mergeflow").is_dir() else []),
+             *extra_paths]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    return env
 
 
 def _strip_redirect(cmd: str) -> str:
@@ -22,7 +29,7 @@ def _strip_redirect(cmd: str) -> str:
 
 def snakemake_jobs(root: Path, *extra: str) -> dict[str, tuple[set[str], set[str]]]:
     """The jobs of ``snakemake -n -p`` (add ``--forceall`` for the whole DAG): command → (inputs, outputs)."""
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", *extra], cwd=root, env=engine_env(),
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", *extra], cwd=root, env=engine_env(root),
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     jobs, inputs, outputs = {}, set(), set()

@@ -58,3 +58,96 @@ def test_snakemake_lint_is_clean():
 
     out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, env=engine_env(), capture_output=True, text=True)
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+# --- dvc.yaml is generated (mergeflow dag) -----------------------------------------------------------------
+def _mergeflow(*args, cwd=ROOT, env=None):
+    import subprocess
+
+    from dag_tools import BIN, engine_env
+
+    return subprocess.run([str(BIN / "mergeflow"), *args], cwd=cwd, env={**engine_env(), **(env or {})},
+                          capture_output=True, text=True)
+
+
+def test_the_committed_dvc_yaml_is_what_the_generator_writes():
+    out = _mergeflow("dag", "--check")
+    assert out.returncode == 0, out.stderr
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "tests" / "e2e" / "tiny.yaml"]
+
+
+@pytest.mark.parametrize("params", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_configuration_generates_a_dvc_yaml_with_all_its_runs(params, tmp_path):
+    from mergeflow import config, dag
+
+    cfg = config.load(params)
+    (tmp_path / "dvc.yaml").write_text(dag.render(cfg, ROOT))
+    (tmp_path / "params.yaml").write_text(params.read_text())
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True)
+    with Repo(str(tmp_path)) as repo:
+        cmds = {s.cmd for s in repo.index.stages}
+    assert {f"mergeflow merge --method {r.name} --evaluate" for r in cfg.merge_runs()} <= cmds
+    assert {f"mergeflow features --variant {v.name}" for v in cfg.variants()} <= cmds
+    assert not {c for c in cmds if c.startswith("mergeflow merge")} - {
+        f"mergeflow merge --method {r.name} --evaluate" for r in cfg.merge_runs()}
+
+
+def test_a_stale_dvc_yaml_is_refused_with_the_command_that_fixes_it(tmp_path):
+    import shutil
+
+    import yaml
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["merge"]["methods"].remove("emr")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _mergeflow("dag", "--check", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "out of date with params.yaml" in out.stderr and "`mergeflow --params params.yaml dag`" in out.stderr
+    # a stage that DVC runs checks it before any work
+    out = _mergeflow("exemplars", cwd=tmp_path, env={"DVC_STAGE": "exemplars"})
+    assert out.returncode == 2 and "out of date" in out.stderr and not (tmp_path / "data").exists()
+    assert _mergeflow("dag", cwd=tmp_path).returncode == 0
+    assert _mergeflow("dag", "--check", cwd=tmp_path).returncode == 0
+    assert "merge-emr" not in (tmp_path / "dvc.yaml").read_text()
+
+
+def test_a_method_module_is_a_dependency_of_its_own_merges_only():
+    import yaml
+
+    from mergeflow.dag import method_modules
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    modules = method_modules()
+    files = {module: "src/" + module.replace(".", "/") + ".py" for module in modules.values()}
+    # DARE and AdaMerging++ run TIES' and task arithmetic's code: those are theirs too
+    shared = {modules["ties"], modules["task_arithmetic"]}
+    for name, stage in stages.items():
+        deps = set(stage["deps"])
+        mine = {module for module, f in files.items() if f in deps}
+        if name.startswith(("merge-", "sweep_")):
+            method = next(m for m in modules if name in (f"merge-{m}",) or name.startswith(f"sweep_{m}_"))
+            assert modules[method] in mine and mine <= {modules[method], *shared}, (name, mine)
+        else:
+            assert not mine, (name, mine)
+            assert "src/mergeflow/stages/merge.py" not in deps, name
+    assert "src/mergeflow/report/templates" in stages["report"]["deps"]
+    assert "src/mergeflow/stages/features.py" in stages["features"]["deps"]
+    assert "src/mergeflow/stages/features.py" not in stages["fetch"]["deps"]
+
+
+def test_the_params_schema_of_every_method_comes_from_the_registry():
+    from mergeflow import config
+    from mergeflow.merge import METHODS
+
+    merge = config.schema()["properties"]["merge"]["properties"]
+    assert set(merge) == {"methods", *METHODS}
+    assert merge["methods"]["items"]["enum"] == sorted(METHODS)
+    for name, spec in METHODS.items():
+        assert set(merge[name]["properties"]) == set(spec.hparams), name
+    assert merge["dare"]["properties"]["p"]["exclusiveMaximum"] == 1.0
+    assert merge["cat"]["properties"]["alpha"]["oneOf"][1] == {"const": "auto"}

@@ -16,8 +16,9 @@ from dag_tools import BIN, engine_env, snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
-# the pretrained weights: the base's input; models/community: the import stage's
-PIPELINE = ["dvc.yaml", "Snakefile", "workflow", "src/mergeflow/models/pretrained", "models/community"]
+# src: the code the stages run and depend on (the workspace's own copy, see dag_tools.engine_env), with the
+# pretrained weights, the base's input; models/community: the import stage's. dvc.yaml is generated.
+PIPELINE = ["Snakefile", "workflow", "src", "models/community"]
 
 
 def _workspace(path: Path) -> Path:
@@ -25,20 +26,24 @@ def _workspace(path: Path) -> Path:
     for name in PIPELINE:
         src = ROOT / name
         (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, path / name)
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, path / name)
     shutil.copy(TINY, path / "params.yaml")
+    _run([str(BIN / "mergeflow"), "dag"], path)
     return path
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    out = subprocess.run(cmd, cwd=cwd, env=engine_env(), capture_output=True, text=True)
+def _run(cmd: list[str], cwd: Path, *extra_paths: Path) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=engine_env(cwd, *extra_paths), capture_output=True, text=True)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout + out.stderr
 
 
-def _dvc_repro(ws: Path) -> set[str]:
+def _dvc_repro(ws: Path, *extra_paths: Path) -> set[str]:
     """Run ``dvc repro``; the names of the stages it ran."""
-    return set(re.findall(r"Running stage '([^']+)'", _run([str(BIN / "dvc"), "repro"], ws)))
+    return set(re.findall(r"Running stage '([^']+)'", _run([str(BIN / "dvc"), "repro"], ws, *extra_paths)))
 
 
 def _edit(ws: Path, fn) -> None:
@@ -57,7 +62,7 @@ def dvc_ws(tmp_path_factory):
     ws = _workspace(tmp_path_factory.mktemp("dvc"))
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
     ran = _dvc_repro(ws)
-    assert {"base", "heads", "reference", "report", "merge@cat", "merge@lot"} <= ran
+    assert {"base", "heads", "reference", "report", "merge-cat", "merge-lot"} <= ran
     return ws
 
 
@@ -110,28 +115,35 @@ def test_the_report_fits_the_page_in_a_real_browser(dvc_ws, tmp_path):
 
 
 def test_the_slurm_profile_runs_on_a_real_single_node_cluster(smk_ws, tmp_path):
-    """Every job through sbatch on a cluster this test starts itself; the metrics equal a local run's."""
+    """Every job through sbatch on a cluster this test starts itself; the metrics equal a local run's.
+
+    The targets need a job of every rule but the report (whose merges would add a minute each as jobs)."""
     from slurm_cluster import completed_jobs, local_cluster, unavailable
 
     if why := unavailable():
         pytest.skip(why)
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
     ws = _workspace(tmp_path / "ws")
+    targets = ["reports/metrics/cat.json", "reports/metrics/lot.json"]
     with local_cluster(tmp_path / "slurm") as cluster:
         out = subprocess.run([str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm",
                               "--slurm-status-command", "squeue",  # no slurmdbd here, so no sacct
                               "--slurm-init-seconds-before-status-checks", "1",
-                              "--default-resources", f"slurm_partition={cluster['partition']}"],
-                             cwd=ws, env={**engine_env(), **cluster["env"]}, capture_output=True, text=True)
+                              "--default-resources", f"slurm_partition={cluster['partition']}", *targets],
+                             cwd=ws, env={**engine_env(ws), **cluster["env"]}, capture_output=True, text=True)
         finished = completed_jobs(cluster["jobcomp"])
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", log))
     total = int(re.search(r"^total\s+(\d+)", log, re.M).group(1))
-    assert len(submitted) == total - 1  # every job but the target rule `all`, which has nothing to run
+    assert len(submitted) == total  # every job, none run locally
+    rules = set(re.findall(r"^rule (\w+):", log, re.M))
+    assert rules == {"fetch", "prepare", "import_models", "base", "heads", "finetune", "exemplars", "features",
+                     "reference", "merge"}, rules
     states = {j["JobId"]: j["JobState"] for j in finished}
     assert submitted <= set(states) and {states[j] for j in submitted} == {"COMPLETED"}, states
-    assert _metrics(ws) == _metrics(smk_ws)
+    here, local = _metrics(ws), _metrics(smk_ws)
+    assert set(here) == {"zeroshot", "individual", "cat", "lot"} and all(here[m] == local[m] for m in here)
 
 
 def test_snakemake_gives_the_same_metrics(dvc_ws, smk_ws):
@@ -154,7 +166,7 @@ def test_changing_cat_lambda_reruns_only_cat(dvc_ws, smk_ws):
     assert set(jobs) == {"mergeflow merge --method cat --evaluate", "mergeflow merge --method cat--c-1 --evaluate",
                          "mergeflow report"}, sorted(jobs)
     _edit(dvc_ws, change)
-    assert _dvc_repro(dvc_ws) == {"merge@cat", "sweep_cat_c@1", "report"}
+    assert _dvc_repro(dvc_ws) == {"merge-cat", "sweep_cat_c@1", "report"}
 
 
 def test_an_expert_is_the_same_trained_alone_or_beside_others(dvc_ws, tmp_path):
@@ -175,16 +187,16 @@ def test_an_expert_is_the_same_trained_alone_or_beside_others(dvc_ws, tmp_path):
 def test_changing_cat_alpha_adds_cat_features(dvc_ws):
     _edit(dvc_ws, lambda p: p["merge"]["cat"].update(alpha=0.6))
     ran = _dvc_repro(dvc_ws)
-    assert "merge@cat" in ran and "report" in ran
+    assert "merge-cat" in ran and "report" in ran
     assert any(s.startswith("features") for s in ran), ran
-    assert not any(s.startswith(("finetune", "merge@lot", "merge@ties", "base", "heads")) for s in ran), ran
+    assert not any(s.startswith(("finetune", "merge-lot", "merge-ties", "base", "heads")) for s in ran), ran
     assert (dvc_ws / "data" / "features" / "gram-a0.6-n2-s0").is_dir()
 
 
 def test_cat_alpha_auto_builds_statistics_per_grid_value_and_picks_on_validation(dvc_ws):
     _edit(dvc_ws, lambda p: p["merge"]["cat"].update(alpha="auto"))
     ran = _dvc_repro(dvc_ws)
-    assert {"merge@cat", "report"} <= ran and any(s.startswith("features") for s in ran), ran
+    assert {"merge-cat", "report"} <= ran and any(s.startswith("features") for s in ran), ran
     folder = dvc_ws / "data" / "features" / "gram-aauto-n2-s0"
     # grid [0, 0.3, 1.0]: scale 0 is the pre-trained model and needs no statistics
     assert sorted(p.name for p in folder.iterdir()) == [f"{t}.a{s}.safetensors" for t in ("digits", "shapes")
@@ -197,7 +209,7 @@ def test_cat_alpha_auto_builds_statistics_per_grid_value_and_picks_on_validation
 def test_changing_finetune_reruns_experts_and_everything_after(dvc_ws):
     _edit(dvc_ws, lambda p: p["finetune"].update(steps=6))
     ran = _dvc_repro(dvc_ws)
-    assert {"finetune", "reference", "merge@task_arithmetic", "merge@cat", "report"} <= ran
+    assert {"finetune", "reference", "merge-task_arithmetic", "merge-cat", "report"} <= ran
     assert not any(s.startswith(("fetch", "prepare", "base", "heads", "exemplars")) for s in ran), ran
 
 
@@ -210,15 +222,15 @@ def test_bad_params_stop_before_any_work(tmp_path, engine):
         cmd = [str(BIN / "dvc"), "repro"]
     else:
         cmd = [str(BIN / "snakemake"), "--cores", "1"]
-    out = subprocess.run(cmd, cwd=ws, env=engine_env(), capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=ws, env=engine_env(ws), capture_output=True, text=True)
     assert out.returncode != 0
-    assert "'foo': must be one of weight_averaging" in out.stdout + out.stderr
+    assert "'foo': must be one of adamerging, cat, consensus" in out.stdout + out.stderr
     assert not (ws / "data" / "raw").exists() or not any((ws / "data" / "raw").iterdir())
 
 
 def test_missing_upstream_artifact_is_named(tmp_path):
     ws = _workspace(tmp_path)
-    out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "cat"], cwd=ws, env=engine_env(),
+    out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "cat"], cwd=ws, env=engine_env(ws),
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "models/base" in out.stderr and "mergeflow base" in out.stderr
@@ -234,7 +246,7 @@ def test_features_with_a_mismatched_expert_leave_no_artifact(dvc_ws):
     save_file(state, str(expert))
     try:
         out = subprocess.run([str(BIN / "mergeflow"), "features", "--task", "digits", "--variant", "gram-a0.5-n2-s0"],
-                             cwd=dvc_ws, env=engine_env(), capture_output=True, text=True)
+                             cwd=dvc_ws, env=engine_env(dvc_ws), capture_output=True, text=True)
     finally:
         expert.write_bytes(saved)
     assert out.returncode == 2
@@ -265,7 +277,7 @@ def test_both_engines_merge_imported_checkpoints_alike(tmp_path):
     shutil.copytree(dvc, smk)
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], dvc)
     ran = _dvc_repro(dvc)
-    assert {"import", "base", "heads", "finetune", "merge@cat", "merge@lot", "report"} <= ran
+    assert {"import", "base", "heads", "finetune", "merge-cat", "merge-lot", "report"} <= ran
     _run([str(BIN / "snakemake"), "--cores", "2"], smk)
     assert _metrics(dvc) == _metrics(smk) and set(_metrics(dvc)) >= {"zeroshot", "individual", "cat", "lot"}
     for sub in ("models/base", "models/heads", "models/experts", "models/merged"):
@@ -291,10 +303,90 @@ def test_merge_refuses_statistics_of_a_replaced_expert(dvc_ws):
     state["proj"] = state["proj"] * 1.01  # same keys and shapes: only the recorded hash can tell
     save_file(state, str(expert))
     try:
-        out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "lot"], cwd=dvc_ws, env=engine_env(),
+        out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "lot"], cwd=dvc_ws, env=engine_env(dvc_ws),
                              capture_output=True, text=True)
     finally:
         expert.write_bytes(saved)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "stale, computed from another models/experts/digits.safetensors" in out.stderr
     assert "mergeflow features --variant gram-a1.0-n8-s0" in out.stderr
+
+
+# --- code as a dependency, and a method added from outside the package ------------------------------------
+def test_editing_one_method_reruns_its_merges_and_the_report_only(dvc_ws, smk_ws):
+    for ws in (dvc_ws, smk_ws):
+        with (ws / "src" / "mergeflow" / "merge" / "lot.py").open("a") as f:
+            f.write("\n# an edit: the code these merges executed is not the code there now\n")
+    lot_runs = {"mergeflow merge --method lot --evaluate", "mergeflow merge --method lot--exemplars-4 --evaluate"}
+    assert set(snakemake_jobs(smk_ws)) == lot_runs | {"mergeflow report"}
+    _run([str(BIN / "snakemake"), "--cores", "2"], smk_ws)
+    assert _dvc_repro(dvc_ws) == {"merge-lot", "sweep_lot_exemplars@4", "report"}
+    # a module the merge stage shares would rerun every merge, and nothing before it (`dvc status` says which)
+    shared = dvc_ws / "src" / "mergeflow" / "scale_choice.py"
+    text = shared.read_text()
+    shared.write_text(text + "\n# an edit\n")
+    try:
+        status = _run([str(BIN / "dvc"), "status"], dvc_ws)
+    finally:
+        shared.write_text(text)
+    changed = set(re.findall(r"^(\S+):\s*$", status, re.M))
+    merges = {s for s in changed if s.startswith(("merge-", "sweep_"))}
+    from mergeflow import config
+
+    assert len(merges) == len(config.load(dvc_ws / "params.yaml").merge_runs()), changed
+    assert changed - merges == set(), changed
+
+
+PLUGIN = '''"""A throw-away merge method, registered from outside mergeflow through an entry point."""
+from mergeflow.merge.registry import HParam, register
+
+
+@register("halfway", "Halfway", "a test's throw-away method",
+          {"alpha": HParam(0.5, float, "share of the mean task vector added", low=0.0, high=1.0)})
+def halfway(pretrained, experts, stats=None, diagnostics=None, alpha=0.5):
+    n = len(experts)
+    return {k: v + alpha * sum(sd[k] - v for sd in experts.values()) / n if v.is_floating_point() else v
+            for k, v in pretrained.items()}
+'''
+
+
+def _with_plugin(ws: Path) -> Path:
+    """A package beside the workspace's code with one entry point of the group mergeflow.methods."""
+    plugins = ws / "plugins"
+    (plugins / "halfway_merge-0.1.dist-info").mkdir(parents=True)
+    (plugins / "halfway_merge.py").write_text(PLUGIN)
+    (plugins / "halfway_merge-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: halfway-merge\n"
+                                                                       "Version: 0.1\n")
+    (plugins / "halfway_merge-0.1.dist-info" / "entry_points.txt").write_text(
+        "[mergeflow.methods]\nhalfway = halfway_merge\n")
+
+    def add(p):
+        p["merge"]["methods"].append("halfway")
+        p["merge"]["halfway"] = {"alpha": 0.5}
+    _edit(ws, add)
+    return plugins
+
+
+def test_a_method_registered_from_outside_runs_in_both_engines(dvc_ws, smk_ws, tmp_path):
+    dvc, smk = tmp_path / "dvc", tmp_path / "smk"
+    shutil.copytree(dvc_ws, dvc, symlinks=True)
+    shutil.copytree(smk_ws, smk, symlinks=True)
+    plugins = _with_plugin(dvc)
+    _with_plugin(smk)
+    # the committed dvc.yaml is now stale: a stage run by DVC says so instead of running on
+    out = subprocess.run([str(BIN / "dvc"), "repro"], cwd=dvc, env=engine_env(dvc, plugins), capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "out of date with params.yaml" in out.stdout + out.stderr
+    _run([str(BIN / "mergeflow"), "dag"], dvc, plugins)
+    stage = yaml.safe_load((dvc / "dvc.yaml").read_text())["stages"]["merge-halfway"]
+    assert "plugins/halfway_merge.py" in stage["deps"] and "src/mergeflow/merge/cat.py" not in stage["deps"]
+    assert _dvc_repro(dvc, plugins) == {"merge-halfway", "report"}
+    ran = _run([str(BIN / "snakemake"), "--cores", "2"], smk, smk / "plugins")
+    assert set(re.findall(r"^(?:local)?rule (\w+):", ran, re.M)) - {"all"} == {"merge", "report"}, ran[-3000:]
+    halfway = _metrics(dvc)["halfway"]
+    assert halfway == _metrics(smk)["halfway"] and len(halfway) == 2
+    assert "Halfway" in (dvc / "reports" / "report.html").read_text()
+    # its module is one of its merge's dependencies: an edit reruns it and the report
+    with (plugins / "halfway_merge.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert _dvc_repro(dvc, plugins) == {"merge-halfway", "report"}

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mergeflow.errors import MergeflowError
+from mergeflow.geometry import task_vector_geometry, task_vector_norm_ratio
 from mergeflow.report.claims import check_claims
-from mergeflow.stages import choose_scale, task_vector_geometry, task_vector_norm_ratio
+from mergeflow.scale_choice import choose_scale
 
 
 def _curve(values):

@@ -26,7 +26,7 @@ def test_the_default_loads_shipped_weights_recorded_with_the_params_that_made_th
 
 
 def test_the_recorded_command_starts_as_the_shipped_run_did(tmp_path):
-    from mergeflow.stages import pretrain
+    from mergeflow.stages.models import pretrain
 
     cfg = config.Config({**PARAMS.raw, "device": "cpu"}, PARAMS.source)
     out = pretrain(cfg, "check", tmp_path, steps=3)

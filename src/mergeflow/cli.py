@@ -24,6 +24,7 @@ STAGES = {
     "evaluate": "test accuracy of zeroshot, individual or a merged model: reports/metrics/<model>.json",
     "report": "tables, figures and reports/report.html from all metrics",
     "tasks-figure": "a grid of samples per task with class names: reports/figures/tasks.png",
+    "dag": "write dvc.yaml for the params file and the method registry (--check: fail if it is out of date)",
 }
 
 
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="a method of merge.methods or a sweep run <method>--<param>-<value>")
             p.add_argument("--evaluate", action="store_true",
                            help="also write reports/metrics/<run>.json (saves a start-up)")
+        if name == "dag":
+            p.add_argument("--check", action="store_true", help="write nothing; exit 2 if dvc.yaml is out of date")
+            p.add_argument("--out", default="dvc.yaml", help="where to write it (default: dvc.yaml)")
         if name == "evaluate":
             p.add_argument("--model", required=True, nargs="+",
                            help="zeroshot | individual | <merge run> (several: one process)")
@@ -64,55 +68,56 @@ def _tasks(args: argparse.Namespace, cfg) -> list[str]:
 
 def _each_task(fn):
     """A stage run once per task of ``--task`` or ``data.tasks``."""
-    return lambda stages, cfg, args: [fn(stages, cfg, args, task) for task in _tasks(args, cfg)]
+    return lambda module, cfg, args: [fn(module, cfg, args, task) for task in _tasks(args, cfg)]
 
 
-def _merge(stages, cfg, args) -> None:
-    stages.merge(cfg, args.method)
+def _merge(module, cfg, args) -> None:
+    module.merge(cfg, args.method)
     if args.evaluate:
-        stages.evaluate(cfg, args.method)
+        module.evaluate(cfg, args.method)
 
 
-def _tasks_figure(stages, cfg, args) -> None:
-    from mergeflow.report.figures import tasks_figure
-
-    tasks_figure(cfg)
-
-
-# stage → what it runs, given the stages module, the configuration and the parsed arguments
+# stage → (the module it runs, what it runs given that module, the configuration and the parsed arguments).
+# Only that module is imported: mergeflow.dag lists the modules a stage imports as its code dependencies.
 HANDLERS = {
-    "fetch": lambda stages, cfg, args: stages.fetch_tasks(cfg, _tasks(args, cfg)),
-    "prepare": _each_task(lambda stages, cfg, args, task: stages.prepare(cfg, task)),
-    "pretrain": lambda stages, cfg, args: print(stages.pretrain(cfg, args.tag, args.out, args.steps)),
-    "import": lambda stages, cfg, args: stages.import_models(cfg),
-    "base": lambda stages, cfg, args: stages.base(cfg),
-    "heads": _each_task(lambda stages, cfg, args, task: stages.heads(cfg, task)),
-    "finetune": lambda stages, cfg, args: stages.finetune_tasks(cfg, _tasks(args, cfg)),
-    "exemplars": _each_task(lambda stages, cfg, args, task: stages.exemplars(cfg, task, args.seed)),
-    "features": _each_task(lambda stages, cfg, args, task: stages.features(cfg, task, args.variant)),
-    "merge": _merge,
-    "evaluate": lambda stages, cfg, args: [stages.evaluate(cfg, model) for model in args.model],
-    "tasks-figure": _tasks_figure,
+    "fetch": ("mergeflow.stages.data", lambda m, cfg, args: m.fetch_tasks(cfg, _tasks(args, cfg))),
+    "prepare": ("mergeflow.stages.data", _each_task(lambda m, cfg, args, task: m.prepare(cfg, task))),
+    "pretrain": ("mergeflow.stages.models",
+                 lambda m, cfg, args: print(m.pretrain(cfg, args.tag, args.out, args.steps))),
+    "import": ("mergeflow.stages.models", lambda m, cfg, args: m.import_models(cfg)),
+    "base": ("mergeflow.stages.models", lambda m, cfg, args: m.base(cfg)),
+    "heads": ("mergeflow.stages.models", _each_task(lambda m, cfg, args, task: m.heads(cfg, task))),
+    "finetune": ("mergeflow.stages.models", lambda m, cfg, args: m.finetune_tasks(cfg, _tasks(args, cfg))),
+    "exemplars": ("mergeflow.stages.data", _each_task(lambda m, cfg, args, task: m.exemplars(cfg, task, args.seed))),
+    "features": ("mergeflow.stages.features",
+                 _each_task(lambda m, cfg, args, task: m.features(cfg, task, args.variant))),
+    "merge": ("mergeflow.stages.merge", _merge),
+    "evaluate": ("mergeflow.stages.evaluate", lambda m, cfg, args: [m.evaluate(cfg, model) for model in args.model]),
+    "report": ("mergeflow.report", lambda m, cfg, args: m.build_report(cfg)),
+    "tasks-figure": ("mergeflow.report.figures", lambda m, cfg, args: m.tasks_figure(cfg)),
+    "dag": ("mergeflow.dag", lambda m, cfg, args: m.check(cfg, args.out) if args.check else m.write(cfg, args.out)),
 }
 
 
 def _run(args: argparse.Namespace) -> None:
+    import importlib
+
     from mergeflow import config
 
     cfg = config.load(args.params)
-    if args.stage == "report":  # JSON in, tables and figures out (torch is loaded anyway: the registries checked above)
-        from mergeflow.report import build_report
-
-        build_report(cfg)
-        return
-    from mergeflow import stages
-
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
         from mergeflow.data import get_task
 
         get_task(args.task)  # unknown name: lists the known tasks
         raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
-    HANDLERS[args.stage](stages, cfg, args)
+    if os.environ.get("DVC_STAGE") and args.stage != "dag":
+        # run by DVC (in the folder of the dvc.yaml it read; a queued experiment's DVC_ROOT names another):
+        # refuse to work from a dvc.yaml that params.yaml or the code no longer produce
+        from mergeflow import dag
+
+        dag.check(cfg, "dvc.yaml")
+    module, handler = HANDLERS[args.stage]
+    handler(importlib.import_module(module), cfg, args)
 
 
 def _fix_threads() -> None:

@@ -20,6 +20,7 @@ import yaml
 from mergeflow.data import TASKS
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import METHODS
+from mergeflow.merge.registry import merge_schema
 from mergeflow.variant import Variant  # noqa: F401  (part of this module's interface)
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -28,9 +29,12 @@ SWEEP_SEP = "--"
 
 @cache
 def schema() -> dict:
-    """The JSON schema of params.yaml (workflow/schemas/params.schema.yaml, shipped with the package)."""
+    """The JSON schema of params.yaml: workflow/schemas/params.schema.yaml (shipped with the package), its
+    ``merge`` section built from the method registry, the one place a method's hyper-parameters are declared."""
     text = importlib.resources.files("mergeflow").joinpath("params.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    full = yaml.safe_load(text)
+    full["properties"]["merge"] = merge_schema(METHODS)
+    return full
 
 
 def _key(path) -> str:
@@ -54,8 +58,13 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: {key} = {value!r}: must be {sign} {error.validator_value}"
     if v == "enum":
         return f"{source}: {key} = {value!r}: must be one of {', '.join(map(str, error.validator_value))}"
-    if v == "oneOf":
-        return f"{source}: {key} = {value!r}: must be a number in [0, 10] or 'auto'"
+    if v == "oneOf":  # a scale: a number in a range, or auto
+        number = error.validator_value[0]
+        low = "(" if "exclusiveMinimum" in number else "["
+        high = ")" if "exclusiveMaximum" in number else "]"
+        lo = number.get("minimum", number.get("exclusiveMinimum", "-inf"))
+        hi = number.get("maximum", number.get("exclusiveMaximum", "inf"))
+        return f"{source}: {key} = {value!r}: must be a number in {low}{lo}, {hi}{high} or 'auto'"
     if v == "type":
         return f"{source}: {key} = {value!r}: must be of type {error.validator_value}"
     return f"{source}: {key} = {value!r}: {error.message}"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from safetensors import SafetensorError
 
 from mergeflow.errors import MergeflowError
 
-if TYPE_CHECKING:  # torch is imported where tensors are read or written: the report needs only JSON (2 s less)
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: the report needs only JSON
     import torch
 
 _CHUNK = 1 << 20
@@ -41,6 +42,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temporary folder onto ``target`` (whatever was there is removed first)."""
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 def save_tensors(

@@ -2,6 +2,7 @@
 # so that the CLI, DVC and Snakemake agree on names.
 from mergeflow import cluster as mf_cluster
 from mergeflow import config as mf_config
+from mergeflow import dag as mf_dag
 from mergeflow import paths as mf_paths
 from mergeflow.models import importer as mf_importer
 
@@ -27,6 +28,14 @@ RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _R
 
 def run_stats(wildcards):
     return CFG.run_inputs(RUNS[wildcards.run])
+
+
+# the source files a job executes (mergeflow.dag, as in dvc.yaml), so that an edited module reruns it
+CODE = {stage: mf_dag.stage_code(stage) for stage in mf_dag.STAGE_COMMANDS if stage != "merge"}
+
+
+def run_code(wildcards):
+    return mf_dag.stage_code("merge", ".", RUNS[wildcards.run].method)
 
 
 def run_params(wildcards):

@@ -1,5 +1,7 @@
 rule fetch:
     # one job for every task, which it spreads over worker processes (one per core): reserve the cores
+    input:
+        code=CODE["fetch"],
     output:
         directory(config["data"]["raw_dir"]),
     threads: THREADS["fetch"]
@@ -22,6 +24,7 @@ rule fetch:
 rule prepare:
     input:
         config["data"]["raw_dir"],
+        code=CODE["prepare"],
     output:
         directory("data/prepared"),
     params:

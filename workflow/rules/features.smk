@@ -2,6 +2,7 @@ rule exemplars:
     # one process for every task (sampling indices costs nothing next to a Python start-up)
     input:
         "data/prepared",
+        code=CODE["exemplars"],
     output:
         directory("data/exemplars"),
     params:
@@ -26,6 +27,7 @@ rule features:
         "models/heads",
         "data/exemplars",
         "data/prepared",
+        code=CODE["features"],
     output:
         directory("data/features/{variant}"),
     wildcard_constraints:

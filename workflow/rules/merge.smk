@@ -6,6 +6,7 @@ rule merge:
         "data/prepared",
         "reports/metrics/individual.json",
         run_stats,
+        code=run_code,
     output:
         "models/merged/{run}.safetensors",
         "reports/merge/{run}.json",

@@ -3,6 +3,7 @@ rule import_models:
     # a manifest when nothing is imported
     input:
         IMPORT_ROOT,
+        code=CODE["import"],
     output:
         directory("models/imported"),
     params:
@@ -28,6 +29,7 @@ rule base:
     input:
         "src/mergeflow/models/pretrained",
         "models/imported",
+        code=CODE["base"],
     output:
         directory("models/base"),
     params:
@@ -53,6 +55,7 @@ rule heads:
         "models/base",
         "models/imported",
         "data/prepared",
+        code=CODE["heads"],
     output:
         directory("models/heads"),
     params:
@@ -78,6 +81,7 @@ rule finetune:
         "models/heads",
         "models/imported",
         "data/prepared",
+        code=CODE["finetune"],
     output:
         directory("models/experts"),
     threads: THREADS["finetune"]
@@ -104,6 +108,7 @@ rule reference:
         "models/heads",
         "models/experts",
         "data/prepared",
+        code=CODE["reference"],
     output:
         "reports/metrics/zeroshot.json",
         "reports/metrics/individual.json",

@@ -4,6 +4,7 @@ rule report:
         expand("reports/merge/{run}.json", run=RUNS),
         expand("reports/evaluation/{model}.json", model=CFG.models()),
         "data/prepared",
+        code=CODE["report"],
     output:
         "reports/report.html",
         "reports/results.csv",

@@ -52,7 +52,7 @@ HPARAMS = {
     "batch_size": HParam(16, int, "unlabeled images of each task per step", low=1),
     "unlabeled": HParam("test", str, "split whose images (without labels) drive the entropy: test as in the "
                         "paper, or val", choices=("test", "val"), pipeline=True),
-    "seed": HParam(0, int, "seed of the image sampling"),
+    "seed": HParam(0, int, "seed of the image sampling", low=0),
 }
 
 

@@ -27,7 +27,7 @@ def drop_and_rescale_(tau: torch.Tensor, shapes: list[torch.Size], p: float,
 
 @register("dare", "DARE", "Yu et al., Language models are Super Mario, ICML 2024",
           {**TIES_HPARAMS,
-           "p": HParam(0.9, float, "drop probability", low=0.0, high=0.999),
+           "p": HParam(0.9, float, "drop probability", low=0.0, high=1.0, open_high=True),
            "base": HParam("task_arithmetic", str, "merge after dropping", choices=("task_arithmetic", "ties")),
            "seed": HParam(0, int, "seed of the drop masks", low=0)},
           scale="alpha")

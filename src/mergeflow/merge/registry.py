@@ -15,9 +15,11 @@ from mergeflow.variant import Variant
 class HParam:
     """A hyper-parameter: default, type and allowed values.
 
-    ``low``/``high`` bound numbers (``open_low`` excludes the bound); ``choices`` lists allowed values;
-    ``auto`` allows the string ``auto`` (a scale chosen on validation by the merge stage); ``pipeline``
-    marks parameters the stage consumes (exemplar counts) rather than the function.
+    ``low``/``high`` bound numbers, or a list's items (``open_low``/``open_high`` exclude the bound);
+    ``choices`` lists allowed values (of a list's items); ``min_items`` the shortest list allowed; ``auto``
+    allows the string ``auto`` (a scale chosen on validation by the merge stage); ``pipeline`` marks
+    parameters the stage consumes (exemplar counts) rather than the function. The JSON schema of
+    ``params.yaml``'s ``merge`` section is built from these (:func:`merge_schema`).
     """
 
     default: Any
@@ -29,6 +31,8 @@ class HParam:
     choices: Sequence[Any] | None = None
     auto: bool = False
     pipeline: bool = False
+    open_high: bool = False
+    min_items: int = 0
 
     def check(self, name: str, value: Any) -> Any:
         if self.auto and value == "auto":
@@ -46,15 +50,57 @@ class HParam:
                 if item not in self.choices:
                     raise MergeflowError(f"hyper-parameter {name} = {value!r}: allowed values are "
                                          f"{', '.join(map(str, self.choices))}")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be finite")
-            if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
-                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be {'>' if self.open_low else '>='} "
-                                     f"{self.low}")
-            if self.high is not None and value > self.high:
-                raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be <= {self.high}")
+        if isinstance(value, list | tuple) and len(value) < self.min_items:
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: needs at least {self.min_items} item(s)")
+        for item in value if isinstance(value, list | tuple) else [value]:
+            self._check_bounds(name, value, item)
         return value
+
+    def _check_bounds(self, name: str, value: Any, item: Any) -> None:
+        if not isinstance(item, int | float) or isinstance(item, bool):
+            return
+        if not math.isfinite(item):
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be finite")
+        if self.low is not None and (item < self.low or (self.open_low and item == self.low)):
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be {'>' if self.open_low else '>='} "
+                                 f"{self.low}")
+        if self.high is not None and (item > self.high or (self.open_high and item == self.high)):
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be {'<' if self.open_high else '<='} "
+                                 f"{self.high}")
+
+    def json_schema(self) -> dict[str, Any]:
+        """This hyper-parameter as a JSON schema (what :meth:`check` accepts)."""
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+        scalar: dict[str, Any] = {}
+        if self.choices is not None:
+            scalar["enum"] = list(self.choices)
+        else:
+            types = [names[k] for k in kinds if k is not list]
+            if "number" in types:
+                types = [t for t in types if t != "integer"]
+            if types:
+                scalar["type"] = types[0] if len(types) == 1 else types
+        if self.low is not None:
+            scalar["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        if self.high is not None:
+            scalar["exclusiveMaximum" if self.open_high else "maximum"] = self.high
+        if list in kinds:
+            if "type" not in scalar and "enum" not in scalar:
+                scalar["type"] = "number"
+            schema = {"type": "array", "items": scalar}
+            if self.choices is not None:
+                schema["uniqueItems"] = True
+            if self.min_items:
+                schema["minItems"] = self.min_items
+        else:
+            schema = scalar
+        schema["description"] = self.doc
+        if self.auto:
+            doc = self.doc if "auto" in self.doc else f"{self.doc} (or auto: chosen on validation over the scale grid)"
+            return {"description": doc,
+                    "oneOf": [{k: v for k, v in schema.items() if k != "description"}, {"const": "auto"}]}
+        return schema
 
 
 @dataclass(frozen=True)
@@ -130,6 +176,18 @@ def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], nee
         return fn
 
     return wrap
+
+
+def merge_schema(methods: dict[str, MethodSpec] | None = None) -> dict[str, Any]:
+    """The JSON schema of ``params.yaml``'s ``merge`` section: ``methods`` and one block per method."""
+    methods = METHODS if methods is None else methods
+    properties: dict[str, Any] = {"methods": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                              "items": {"enum": sorted(methods)}}}
+    for name, spec in methods.items():
+        properties[name] = {"type": "object", "additionalProperties": False, "description": f"{spec.pretty}: "
+                            f"{spec.paper}", "properties": {k: hp.json_schema() for k, hp in spec.hparams.items()}}
+    return {"type": "object", "additionalProperties": False, "required": ["methods"], "properties": properties,
+            "description": "built from the method registry (mergeflow.merge)"}
 
 
 def alpha(default: float | str = 0.3, doc: str = "scale of the merged task vector") -> HParam:

@@ -19,7 +19,7 @@ HPARAMS = {
     "batch_size": HParam(16, int, "unlabeled images per step", low=1),
     "unlabeled": HParam("test", str, "split whose images (without labels) are matched: test as in the paper, or val",
                         choices=("test", "val"), pipeline=True),
-    "seed": HParam(0, int, "seed of the adapters' initialisation and of the batches"),
+    "seed": HParam(0, int, "seed of the adapters' initialisation and of the batches", low=0),
 }
 
 

@@ -11,7 +11,7 @@ from mergeflow.merge.task_aware import MaskedTaskModels
 
 PAPER = "Wang et al., Localizing Task Information for Improved Model Merging and Compression, ICML 2024"
 LAMBDAS = HParam([0.2, 0.3, 0.4, 0.5, 0.6], list, "candidate λ_t of each task's mask, chosen on its validation split",
-                 low=0.0, high=10.0)
+                 low=0.0, high=10.0, min_items=1)
 
 
 def tall_mask(own: torch.Tensor, total: torch.Tensor, lam: float) -> torch.Tensor:

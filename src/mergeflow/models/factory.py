@@ -73,7 +73,7 @@ def image_size(arch: str) -> int:
 
 
 def shipped_checkpoint(arch: str, tag: str) -> Path:
-    """Where the project keeps (or :func:`mergeflow.stages.pretrain` writes) ``arch``'s weights for ``tag``."""
+    """Where the project keeps (or :func:`mergeflow.stages.models.pretrain` writes) ``arch``'s weights for ``tag``."""
     return SHIPPED_DIR / f"{arch}-{tag}.safetensors"
 
 
