@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mergeflow.merge.lapack import syevx_lower, syrk_lower
@@ -70,10 +72,6 @@ def run_threaded(fn: Callable[[str], torch.Tensor], keys: list[str], sizes: dict
     hundred rows). Each unit's arithmetic is single-threaded, so its result does not depend on which
     thread ran it or when. Largest units go first so that the threads finish together.
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from threadpoolctl import threadpool_limits
-
     threads = torch.get_num_threads()
     results = {}
     try:

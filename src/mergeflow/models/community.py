@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mergeflow.errors import MergeflowError
+from mergeflow.io import load_tensors
 from mergeflow.models.safe_pickle import Record, load_object
 
 FORMATS = ("task_vectors", "tall_masks", "hf")
@@ -217,7 +218,6 @@ def hf_tower(state: dict[str, torch.Tensor], names: dict[str, str], source: str)
 
 
 def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
-    from mergeflow.io import load_tensors
 
     if (folder / "model.safetensors").is_file():
         return load_tensors(folder / "model.safetensors")

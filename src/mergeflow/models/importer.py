@@ -18,7 +18,9 @@ import torch
 from mergeflow import paths
 from mergeflow.errors import MergeflowError
 from mergeflow.io import hash_file, save_tensors, write_json
+from mergeflow.merge import check_inputs
 from mergeflow.models import community
+from mergeflow.models.factory import create_model, load_towers_checked, save_base
 
 
 def import_spec(cfg) -> dict | None:
@@ -71,8 +73,6 @@ def choose_activation(asked: str, found: str | None, fmt: str, source: str) -> s
 def check_expert(pre: dict[str, torch.Tensor], expert: dict[str, torch.Tensor], task: str, source: str) -> None:
     """Same keys and shapes as the base, finite (both checked as every merge checks its inputs), and not the
     base itself."""
-    from mergeflow.merge import check_inputs
-
     try:
         check_inputs(pre, {task: expert})
     except MergeflowError as exc:
@@ -82,7 +82,6 @@ def check_expert(pre: dict[str, torch.Tensor], expert: dict[str, torch.Tensor], 
 
 
 def _base_model(cfg, src: community.SourceModel, activation: str, source: str):
-    from mergeflow.models.factory import create_model, load_towers_checked
 
     model = create_model(cfg.model.arch, None, seed=cfg.seed, quick_gelu=activation == "quick_gelu")
     state = {f"visual.{k}": v for k, v in src.visual.items()}
@@ -102,8 +101,6 @@ def _base_model(cfg, src: community.SourceModel, activation: str, source: str):
 
 def import_checkpoints(cfg, out: Path = paths.IMPORTED) -> Path:
     """Convert ``model.import``'s checkpoints into ``out`` (see the module docstring)."""
-    from mergeflow.models.factory import save_base
-
     spec = import_spec(cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

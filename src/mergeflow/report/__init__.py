@@ -17,6 +17,7 @@ import yaml
 
 from mergeflow import paths
 from mergeflow.io import atomic_path, hash_file, read_json
+from mergeflow.merge import METHODS
 from mergeflow.report import figures, provenance
 from mergeflow.report.claims import check_claims
 
@@ -41,8 +42,6 @@ def results_table(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
         rec = {"model": model, "label": LABELS.get(model, model), "kind": "reference", "average": m["average"],
                "normalized": m.get("normalized"), "drop_std": m.get("drop_std")}
         if model not in REFERENCES:
-            from mergeflow.merge import METHODS
-
             rep = read_json(paths.merge_report(model))
             spec = METHODS[rep["method"]]
             sweep = f"{rep['sweep'][0]} = {rep['sweep'][1]}" if rep["sweep"] else ""
