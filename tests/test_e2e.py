@@ -126,10 +126,11 @@ def test_the_slurm_profile_runs_on_a_real_single_node_cluster(smk_ws, tmp_path):
     ws = _workspace(tmp_path / "ws")
     targets = ["reports/metrics/cat.json", "reports/metrics/lot.json"]
     with local_cluster(tmp_path / "slurm") as cluster:
-        out = subprocess.run([str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm",
+        # the targets first: --default-resources takes every word after it
+        out = subprocess.run([str(BIN / "snakemake"), *targets, "--profile", "workflow/profiles/slurm",
                               "--slurm-status-command", "squeue",  # no slurmdbd here, so no sacct
                               "--slurm-init-seconds-before-status-checks", "1",
-                              "--default-resources", f"slurm_partition={cluster['partition']}", *targets],
+                              "--default-resources", f"slurm_partition={cluster['partition']}"],
                              cwd=ws, env={**engine_env(ws), **cluster["env"]}, capture_output=True, text=True)
         finished = completed_jobs(cluster["jobcomp"])
     log = out.stdout + out.stderr
@@ -314,6 +315,7 @@ def test_merge_refuses_statistics_of_a_replaced_expert(dvc_ws):
 
 # --- code as a dependency, and a method added from outside the package ------------------------------------
 def test_editing_one_method_reruns_its_merges_and_the_report_only(dvc_ws, smk_ws):
+    _run([str(BIN / "snakemake"), "--cores", "2"], smk_ws)  # what earlier tests changed but only dry-ran
     for ws in (dvc_ws, smk_ws):
         with (ws / "src" / "mergeflow" / "merge" / "lot.py").open("a") as f:
             f.write("\n# an edit: the code these merges executed is not the code there now\n")

@@ -64,7 +64,13 @@ def _run_stats(cfg: Config, run, scale: float | None = None) -> dict | None:
 
 
 def _val_sets(cfg: Config):
-    return {t: load_prepared(t, "val") for t in cfg.tasks}
+    """Every task's validation split in memory (at most ``data.max_val`` images each): an ``auto`` scale
+    scores them once per grid value."""
+    sets = {}
+    for t in cfg.tasks:
+        images, labels = load_prepared(t, "val")
+        sets[t] = (images[:], labels)
+    return sets
 
 
 def _val_normalized(cfg: Config, model, visual, state: dict, val: dict, expert_val: dict, device) -> float:
