@@ -95,7 +95,7 @@ HANDLERS = {
     "evaluate": ("mergeflow.stages.evaluate", lambda m, cfg, args: [m.evaluate(cfg, model) for model in args.model]),
     "report": ("mergeflow.report", lambda m, cfg, args: m.build_report(cfg)),
     "tasks-figure": ("mergeflow.report.figures", lambda m, cfg, args: m.tasks_figure(cfg)),
-    "dag": ("mergeflow.dag", lambda m, cfg, args: m.check(cfg, args.out) if args.check else m.write(cfg, args.out)),
+    "dag": ("mergeflow.dag", lambda m, cfg, args: m.command(cfg, args.out, args.check)),
 }
 
 

@@ -260,10 +260,12 @@ def dvc_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
                             code["exemplars"], outs=["data/exemplars"]),
     }
     feature_deps = ["models/base", "models/experts", "models/heads", "data/exemplars", "data/prepared"]
+    # every method's hyper-parameters with their defaults, resolved once
+    resolved = {m: METHODS[m].resolve(cfg.block(m)) for m in {*cfg.raw["merge"]["methods"], *cfg.raw["sweeps"]}}
     variants: list[str] = []
     for method in cfg.raw["merge"]["methods"]:
         spec = METHODS[method]
-        for need in _needs(cfg, spec, spec.resolve(cfg.block(method))):
+        for need in _needs(cfg, spec, resolved[method]):
             name = _variant(cfg, method, need)
             if name not in variants:
                 variants.append(name)
@@ -274,14 +276,13 @@ def dvc_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     for method, sweeps in cfg.raw["sweeps"].items():
         spec = METHODS[method]
         for param in sweeps:
-            hp = spec.resolve(cfg.block(method))
-            moved = [n for n in _needs(cfg, spec, hp) if param in (n.scale, n.count)]
-            if moved:  # the sweep's points need statistics of their own
-                for need in moved:
-                    name = _variant(cfg, method, need, param)
-                    stages[f"features_sweep_{method}_{param}"] = _stage(
-                        None, f"mergeflow features --variant {name}", feature_deps, ["features"], code["features"],
-                        matrix={"value": f"${{sweeps.{method}.{param}}}"}, outs=[f"data/features/{name}"])
+            moved = [n for n in _needs(cfg, spec, resolved[method]) if param in (n.scale, n.count)]
+            for need in moved:  # the sweep's points need statistics of their own (one stage per kind moved)
+                name = _variant(cfg, method, need, param)
+                stage = f"features_sweep_{method}_{param}" + (f"_{need.kind}" if len(moved) > 1 else "")
+                stages[stage] = _stage(
+                    None, f"mergeflow features --variant {name}", feature_deps, ["features"], code["features"],
+                    matrix={"value": f"${{sweeps.{method}.{param}}}"}, outs=[f"data/features/{name}"])
     stages["reference"] = _stage(d["reference"], "mergeflow evaluate --model zeroshot individual",
                                  ["models/base", "models/heads", "models/experts", "data/prepared"], p["reference"],
                                  code["reference"],
@@ -290,24 +291,22 @@ def dvc_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
                                  metrics=[{"reports/metrics/zeroshot.json": {"cache": False}},
                                           {"reports/metrics/individual.json": {"cache": False}}])
     run_deps = [*_ANALYSIS, "reports/metrics/individual.json"]
+    merge_code = {m: stage_code("merge", root, m) for m in resolved}
     for method in cfg.raw["merge"]["methods"]:
         spec = METHODS[method]
-        hp = spec.resolve(cfg.block(method))
         stages[f"merge-{method}"] = _stage(
             f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method {method} --evaluate",
-            [*run_deps, *_merge_inputs(cfg, method, hp)], [f"merge.{method}", "evaluate"],
-            stage_code("merge", root, method), **_run_outputs(method))
+            [*run_deps, *_merge_inputs(cfg, method, resolved[method])], [f"merge.{method}", "evaluate"],
+            merge_code[method], **_run_outputs(method))
     for method, sweeps in cfg.raw["sweeps"].items():
-        spec = METHODS[method]
         for param in sweeps:
-            hp = spec.resolve(cfg.block(method))
             run = f"{method}{SWEEP_SEP}{param}-${{item.value}}"
             # the block without the swept key: a new main value must not rerun the sweep
             params = [f"merge.{method}.{k}" for k in cfg.block(method) if k != param]
             stages[f"sweep_{method}_{param}"] = _stage(
-                None, f"mergeflow merge --method {run} --evaluate", [*run_deps, *_merge_inputs(cfg, method, hp, param)],
-                [*params, "evaluate"], stage_code("merge", root, method),
-                matrix={"value": f"${{sweeps.{method}.{param}}}"}, **_run_outputs(run))
+                None, f"mergeflow merge --method {run} --evaluate",
+                [*run_deps, *_merge_inputs(cfg, method, resolved[method], param)], [*params, "evaluate"],
+                merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"}, **_run_outputs(run))
     stages["report"] = _stage(d["report"], "mergeflow report",
                               ["reports/metrics", "reports/merge", "reports/evaluation", "data/prepared"],
                               p["report"], code["report"],
@@ -347,7 +346,17 @@ def check(cfg: Config, path: str | Path = "dvc.yaml") -> None:
                              f"changed); regenerate it with `mergeflow --params {cfg.source} dag`, then rerun")
 
 
+def command(cfg: Config, out: str | Path = "dvc.yaml", check_only: bool = False) -> None:
+    """``mergeflow dag``: check ``out`` against ``cfg`` or write it, warning when no code can be tracked."""
+    if check_only:
+        check(cfg, out)
+        return
+    write(cfg, out)
+    warn_if_code_outside(Path(out).parent)
+
+
 def warn_if_code_outside(root: str | Path = ".") -> None:
+    """Say on stderr that no code dependencies were written when the package is not under ``root``."""
     if code_outside(root):
         print(f"mergeflow dag: the mergeflow package ({Path(__file__).parent}) is not inside {Path(root).resolve()}: "
               "no code dependencies written (install this checkout with `pip install -e .` to track them)",
