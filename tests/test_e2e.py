@@ -266,7 +266,12 @@ def _import_workspace(path: Path) -> Path:
 
     def imported(p):
         p["model"]["import"] = {"format": "task_vectors", "root": "models/community/tv"}
+        # what the import route changes is upstream of the merges: two methods with statistics and the one
+        # they are measured against are enough here (every method runs in the dvc_ws/smk_ws workspaces)
+        p["merge"]["methods"] = ["task_arithmetic", "cat", "lot"]
+        p["sweeps"] = {}
     _edit(ws, imported)
+    _run([str(BIN / "mergeflow"), "dag"], ws)
     return ws
 
 
