@@ -1,13 +1,17 @@
 """``mergeflow <stage>``: one subcommand per pipeline stage; DVC and Snakemake call only this.
 
-User errors (:class:`MergeflowError`) print one line and exit 2; anything else is a bug and keeps its
-traceback.
+User errors (:class:`MergeflowError`), failures of the machine (a full disk, a file-size limit, a file
+that cannot be read: ``OSError``) and interrupts (Ctrl-C, ``SIGTERM`` from an engine) print one line and
+exit 2 (130 for an interrupt); ``--verbose`` shows the traceback behind that line. Anything else is a bug
+and keeps its traceback. Every output is renamed into place when complete, so an interrupted stage
+leaves nothing that looks finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 STAGES = {
@@ -31,6 +35,7 @@ STAGES = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergeflow", description="Reproducible training-free model merging.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback behind a one-line error")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -99,6 +104,10 @@ HANDLERS = {
 }
 
 
+# stages that never touch a model: no device to check
+NO_DEVICE = {"dag", "report", "tasks-figure"}
+
+
 def _run(args: argparse.Namespace) -> None:
     import importlib
 
@@ -116,6 +125,12 @@ def _run(args: argparse.Namespace) -> None:
         from mergeflow import dag
 
         dag.check(cfg, "dvc.yaml")
+    if cfg.raw["device"] == "cuda" and args.stage not in NO_DEVICE and not os.environ.get("SLURM_JOB_ID"):
+        # on one machine the first stage runs where every later one will: refuse before any work (a
+        # cluster's CPU jobs run where no GPU is, so there each GPU stage checks when it starts)
+        from mergeflow.device import resolve
+
+        resolve("cuda")
     module, handler = HANDLERS[args.stage]
     handler(importlib.import_module(module), cfg, args)
 
@@ -136,15 +151,40 @@ def _fix_threads() -> None:
         os.environ[var] = str(cpu_cores())
 
 
+def _os_error(exc: OSError) -> str:
+    """An ``OSError`` as one line: what failed, on which file."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    files = [f for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(map(str, files))}: {what}" if files else what
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # an engine's stop (DVC, Snakemake, SLURM) ends the stage like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _fix_threads()
     from mergeflow.errors import MergeflowError
 
+    if argv is None:  # a command, not a call from the tests
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         _run(args)
     except MergeflowError as exc:
+        if args.verbose:
+            raise
         print(f"mergeflow {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"mergeflow {args.stage}: interrupted; no output of this stage was completed (rerun it)", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.verbose:
+            raise
+        print(f"mergeflow {args.stage}: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+# How often a worker looks whether its parent still lives (seconds).
+_PARENT_POLL_S = 0.5
 
 
 def cpu_cores() -> int:
@@ -25,17 +31,50 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // max(1, min(jobs, cores)))
 
 
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: leave Ctrl-C to the parent and exit as soon as the parent is gone.
+
+    Ctrl-C reaches every process of the terminal's group; the parent alone reports it (one line) and
+    ends the workers. A parent killed outright (``kill -9``, an engine's timeout) cannot end them, so each
+    worker watches its parent id and exits when it changes: a finished job of a dead stage has nobody to
+    hand its result to. The multiprocessing resource tracker exits once the last worker has.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now (their jobs are abandoned), rather than wait for the running jobs."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
     """``[fn(*args) for args in jobs]`` over ``workers`` spawned processes (in this process when one).
 
-    The first failure is raised once the running jobs end; queued jobs are cancelled.
+    The first failure (or an interrupt) is raised at once: the other workers are ended, queued jobs
+    cancelled. Workers also end when this process dies (:func:`_end_with_parent`).
     """
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*args) for args in jobs]
     # spawn, not fork: a forked child inherits the parent's OpenMP pool, which can hang it
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_end_with_parent, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(fn, *args) for args in jobs]
-        return [f.result() for f in futures]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        results = [f.result() for f in futures]
+    except BaseException:
+        _terminate(pool)
+        raise
+    pool.shutdown(wait=True)
+    return results
