@@ -9,6 +9,7 @@ engines agree on them.
 from __future__ import annotations
 
 import importlib.resources
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -17,13 +18,16 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mergeflow.archs import config_file
 from mergeflow.data import TASKS
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import METHODS
-from mergeflow.merge.registry import merge_schema
+from mergeflow.merge.registry import SAFE_NAME, merge_schema, sweeps_schema
 from mergeflow.variant import Variant  # noqa: F401  (part of this module's interface)
+from mergeflow.workspace import check_path, is_path_like, overlaps
 
 DEFAULT_PARAMS = Path("params.yaml")
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a few kilobytes
 SWEEP_SEP = "--"
 
 
@@ -34,6 +38,7 @@ def schema() -> dict:
     text = importlib.resources.files("mergeflow").joinpath("params.schema.yaml").read_text()
     full = yaml.safe_load(text)
     full["properties"]["merge"] = merge_schema(METHODS)
+    full["properties"]["sweeps"] = sweeps_schema(METHODS)
     return full
 
 
@@ -67,6 +72,9 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: {key} = {value!r}: must be a number in {low}{lo}, {hi}{high} or 'auto'"
     if v == "type":
         return f"{source}: {key} = {value!r}: must be of type {error.validator_value}"
+    if v == "pattern":
+        return (f"{source}: {key} = {value!r}: must be a name of letters, digits and _ . + - (it becomes part of "
+                "run names, file names and commands)")
     return f"{source}: {key} = {value!r}: {error.message}"
 
 
@@ -179,8 +187,68 @@ class _Section:
         return dict(self._data)
 
 
+def _non_finite(value: Any, key: str = "") -> str | None:
+    """The key of the first NaN or infinite number in ``value`` (YAML's .nan/.inf pass a JSON schema)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, dict):
+        items = ((f"{key}.{k}" if key else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, k)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_names_and_paths(cfg: Config) -> None:
+    """Every value that becomes a name or a path: a plain word, inside the workspace unless absolute on purpose."""
+    src, raw = cfg.source, cfg.raw
+    if not SAFE_NAME.fullmatch(str(raw["name"])):
+        raise MergeflowError(f"{src}: name = {raw['name']!r}: must be a name of letters, digits and _ . + -")
+    arch = raw["model"]["arch"]
+    if not SAFE_NAME.fullmatch(arch) or config_file(arch) is None:
+        raise MergeflowError(f"{src}: model.arch = {arch!r}: unknown architecture (ours: mf-vit-micro, mf-vit-small, "
+                             "...; open_clip's: ViT-B-32, ViT-B-16, ViT-L-14, ...)")
+    pretrained = raw["model"]["pretrained"]
+    if pretrained is not None:
+        if is_path_like(pretrained):
+            check_path("model.pretrained", pretrained, src, absolute_ok=True)
+        elif not SAFE_NAME.fullmatch(pretrained):
+            raise MergeflowError(f"{src}: model.pretrained = {pretrained!r}: neither a tag (letters, digits, "
+                                 "_ . + -) nor a checkpoint path")
+    data = raw["data"]
+    check_path("data.raw_dir", data["raw_dir"], src, absolute_ok=False)
+    local = data.get("local_dir")
+    if local is not None:
+        check_path("data.local_dir", local, src, absolute_ok=True)
+        if overlaps(local, data["raw_dir"]):
+            raise MergeflowError(f"{src}: data.local_dir = {local!r} overlaps data.raw_dir = {data['raw_dir']!r}: the "
+                                 "pipeline replaces what is in raw_dir; keep your copies in a folder of their own")
+    real = [t for t in cfg.tasks if t in TASKS and TASKS[t].kind == "real"]
+    if real and not data["download"] and local is None:
+        raise MergeflowError(f"{src}: data.download is false but data.local_dir is not set: name the folder that "
+                             f"holds your copies of {', '.join(real)} as <local_dir>/<task>/ (read in place, "
+                             "never written)")
+    spec = raw["model"].get("import") or {}
+    if "root" in spec:
+        check_path("model.import.root", spec["root"], src, absolute_ok=True)
+    for key in ("base",):
+        if spec.get(key) is not None:
+            check_path(f"model.import.{key}", spec[key], src, absolute_ok=False)
+    for task, theirs in (spec.get("tasks") or {}).items():
+        check_path(f"model.import.tasks.{task}", theirs, src, absolute_ok=False)
+
+
 def _check_semantics(cfg: Config) -> None:
     src = cfg.source
+    bad = _non_finite(cfg.raw)
+    if bad is not None:
+        raise MergeflowError(f"{src}: {bad} = {_lookup(cfg.raw, bad)!r}: must be a finite number")
+    _check_names_and_paths(cfg)
     for task in cfg.tasks:
         if task not in TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
@@ -212,6 +280,9 @@ def _check_semantics(cfg: Config) -> None:
                 raise MergeflowError(f"{src}: sweeps.{method}.{param}: {method} has no hyper-parameter {param!r}; "
                                      f"accepted: {', '.join(spec.hparams)}")
             for value in values:
+                if param == "base" and "merged" in spec.uses and value not in merge["methods"]:
+                    raise MergeflowError(f"{src}: sweeps.{method}.base = {value!r}: must be a single-model method "
+                                         f"of merge.methods ({', '.join(merge['methods'])})")
                 if value == base[param]:
                     raise MergeflowError(f"{src}: sweeps.{method}.{param} = {value!r}: equals the base value; "
                                          "sweep points must differ from merge." + f"{method}.{param}")
@@ -226,13 +297,28 @@ def _check_semantics(cfg: Config) -> None:
                                      f"{pool}; raise exemplars.pool to at least {v.count}")
 
 
+def _lookup(raw: Any, key: str) -> Any:
+    value = raw
+    for part in key.replace("[", ".[").split("."):
+        value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+    return value
+
+
 def load(path: str | Path = DEFAULT_PARAMS) -> Config:
     """Read, validate and type a params file. Every problem is a one-line :class:`MergeflowError`."""
     path = Path(path)
+    if path.is_dir():
+        raise MergeflowError(f"{path}: a folder, not a params file (--params names a YAML file)")
+    if path.exists() and not path.is_file():
+        raise MergeflowError(f"{path}: not a regular file (a device, pipe or socket); --params names a YAML file")
     if not path.is_file():
         raise MergeflowError(f"{path}: params file not found")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise MergeflowError(f"{path}: {path.stat().st_size} bytes: too large for a params file; not read")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise MergeflowError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise MergeflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return from_mapping(raw, str(path))

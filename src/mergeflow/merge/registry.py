@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mergeflow.errors import MergeflowError
 from mergeflow.variant import Variant
+
+# A free-form string hyper-parameter (another run's name, say) becomes part of a run name, a file name and a
+# command argument: letters, digits and _ . + - only, so that no value can reach a shell as anything but a word.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class HParam:
                 if item not in self.choices:
                     raise MergeflowError(f"hyper-parameter {name} = {value!r}: allowed values are "
                                          f"{', '.join(map(str, self.choices))}")
+        if isinstance(value, str) and self.choices is None and not SAFE_NAME.fullmatch(value):
+            raise MergeflowError(f"hyper-parameter {name} = {value!r}: must be a name of letters, digits and "
+                                 "_ . + - (it becomes part of run names, file names and commands)")
         if isinstance(value, list | tuple) and len(value) < self.min_items:
             raise MergeflowError(f"hyper-parameter {name} = {value!r}: needs at least {self.min_items} item(s)")
         for item in value if isinstance(value, list | tuple) else [value]:
@@ -81,6 +89,8 @@ class HParam:
                 types = [t for t in types if t != "integer"]
             if types:
                 scalar["type"] = types[0] if len(types) == 1 else types
+            if "string" in types:
+                scalar["pattern"] = f"^{SAFE_NAME.pattern}$"
         if self.low is not None:
             scalar["exclusiveMinimum" if self.open_low else "minimum"] = self.low
         if self.high is not None:
@@ -176,6 +186,18 @@ def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], nee
         return fn
 
     return wrap
+
+
+def sweeps_schema(methods: dict[str, MethodSpec] | None = None) -> dict[str, Any]:
+    """The JSON schema of ``params.yaml``'s ``sweeps`` section: every sweep value is checked by the schema of
+    the hyper-parameter it replaces (a value that becomes a run name is checked like the main value)."""
+    methods = METHODS if methods is None else methods
+    properties = {}
+    for name, spec in methods.items():
+        items = {k: {"type": "array", "minItems": 1, "items": hp.json_schema()} for k, hp in spec.hparams.items()}
+        properties[name] = {"type": "object", "additionalProperties": False, "properties": items}
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "description": "built from the method registry (mergeflow.merge): values per hyper-parameter"}
 
 
 def merge_schema(methods: dict[str, MethodSpec] | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mergeflow import _torchvision_compat  # noqa: F401  (must precede open_clip, which imports torchvision)
+from mergeflow.archs import config_file
 from mergeflow.errors import MergeflowError
 from mergeflow.io import load_tensors, read_json, save_tensors, write_json
 
@@ -49,24 +50,9 @@ def model_config(arch: str) -> dict:
     return _open_clip().get_model_config(arch)
 
 
-def _config_file(arch: str) -> Path | None:
-    """The JSON config of ``arch`` (ours, or open_clip's bundled one) found without importing open_clip."""
-    import importlib.util
-
-    ours = CONFIG_DIR / f"{arch}.json"
-    if ours.is_file():
-        return ours
-    spec = importlib.util.find_spec("open_clip")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder) / "model_configs" / f"{arch}.json"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def image_size(arch: str) -> int:
     """The input resolution of ``arch`` (cheap: reads the config file, does not import open_clip)."""
-    file = _config_file(arch)
+    file = config_file(arch)
     cfg = read_json(file) if file else model_config(arch)
     size = cfg["vision_cfg"]["image_size"]
     return int(size[0] if isinstance(size, list | tuple) else size)
