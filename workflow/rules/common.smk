@@ -6,6 +6,8 @@ from mergeflow import dag as mf_dag
 from mergeflow import paths as mf_paths
 from mergeflow.models import importer as mf_importer
 
+import re
+
 CFG = mf_config.from_mapping(config, "params.yaml")
 TASKS = CFG.tasks
 RUNS = {run.name: run for run in CFG.merge_runs()}
@@ -13,6 +15,9 @@ VARIANTS = [v.name for v in CFG.variants()]
 # the files an import reads (each one an input, so a replaced checkpoint reruns it); the default root when
 # nothing is imported, as in dvc.yaml
 IMPORT_ROOT = [str(p) for p in mf_importer.source_files(CFG)] or [str(mf_paths.COMMUNITY)]
+
+# configured paths that rules read and nothing writes (dataset copies read in place, a checkpoint file)
+READS = mf_dag.read_only_inputs(CFG)
 
 # What each rule asks a scheduler for (mergeflow.cluster, scaled by model.arch). On one machine every job
 # gets all cores, one job at a time per stage as under DVC; a cluster executor has no total core count,
@@ -24,6 +29,11 @@ except Exception:  # WorkflowError: "requires a total number of cores" under --e
 _RESOURCES = mf_cluster.resources(CFG.raw["model"]["arch"], CFG.raw["device"])
 THREADS = {rule: _CORES or r["cpus"] for rule, r in _RESOURCES.items()}
 RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _RESOURCES.items()}
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (run names hold dots)."""
+    return "|".join(re.escape(n) for n in names) or "none"
 
 
 def run_stats(wildcards):

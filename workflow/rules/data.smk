@@ -3,7 +3,8 @@ rule fetch:
     input:
         code=CODE["fetch"],
     output:
-        directory(config["data"]["raw_dir"]),
+        # one folder per task, never raw_dir itself: Snakemake deletes a job's outputs before running it
+        [directory(f"{config['data']['raw_dir']}/{task}") for task in TASKS],
     threads: THREADS["fetch"]
     resources:
         **RESOURCES["fetch"],
@@ -11,6 +12,7 @@ rule fetch:
         tasks=TASKS,
         generate=config["data"]["generate"],
         download=config["data"]["download"],
+        local_dir=config["data"].get("local_dir"),
     log:
         "logs/fetch.log",
     benchmark:
@@ -23,7 +25,8 @@ rule fetch:
 
 rule prepare:
     input:
-        config["data"]["raw_dir"],
+        [f"{config['data']['raw_dir']}/{task}" for task in TASKS],
+        READS["prepare"],
         code=CODE["prepare"],
     output:
         directory("data/prepared"),

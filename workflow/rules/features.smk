@@ -31,7 +31,7 @@ rule features:
     output:
         directory("data/features/{variant}"),
     wildcard_constraints:
-        variant="|".join(VARIANTS) or "none",
+        variant=one_of(VARIANTS),
     params:
         features=config["features"],
         grid=config["evaluate"]["scale_grid"],  # a variant at scale auto has one file per grid value
@@ -45,4 +45,4 @@ rule features:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow features --variant {wildcards.variant} > {log} 2>&1"
+        "mergeflow features --variant {wildcards.variant:q} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule merge:
         "reports/metrics/{run}.json",
         "reports/evaluation/{run}.json",
     wildcard_constraints:
-        run="|".join(RUNS),
+        run=one_of(RUNS),
     params:
         hparams=run_params,
         evaluate=config["evaluate"],
@@ -27,4 +27,4 @@ rule merge:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow merge --method {wildcards.run} --evaluate > {log} 2>&1"
+        "mergeflow merge --method {wildcards.run:q} --evaluate > {log} 2>&1"

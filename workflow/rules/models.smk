@@ -29,6 +29,7 @@ rule base:
     input:
         "src/mergeflow/models/pretrained",
         "models/imported",
+        READS["base"],
         code=CODE["base"],
     output:
         directory("models/base"),

@@ -43,14 +43,16 @@ def _download(task: str, raw_dir: Path, layout: str, build) -> None:
     except _ANY_ERROR as exc:
         raise MergeflowError(
             f"{raw_dir}: could not download {task!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            f"put the dataset there yourself, laid out as: {layout}") from None
+            "put your own copy in <data.local_dir>/<task>/ with data.download: false (read in place), laid out as: "
+            f"{layout}") from None
 
 
 def _manual(task: str, layout: str, check):
     def fetch(raw_dir: Path, options: dict) -> None:
         if not check(raw_dir):
-            raise MergeflowError(f"{raw_dir}: {task!r} cannot be downloaded automatically; "
-                                 f"put it there laid out as: {layout}")
+            raise MergeflowError(f"{raw_dir}: {task!r} cannot be downloaded automatically; put your own copy in "
+                                 "<data.local_dir>/<task>/ with data.download: false (read in place), laid out "
+                                 f"as: {layout}")
     return fetch
 
 
