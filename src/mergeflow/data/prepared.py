@@ -20,7 +20,7 @@ from mergeflow import paths
 from mergeflow.data.registry import SPLITS, get_task, load_split
 from mergeflow.data.split_file import LazyImages, SplitWriter, open_split
 from mergeflow.errors import MergeflowError
-from mergeflow.io import hash_file, hash_tensor, read_json, write_json
+from mergeflow.io import check_recorded, hash_file, hash_tensor, read_json, write_json
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
@@ -82,13 +82,24 @@ def prepare_task(task: str, raw_root: Path, size: int, out_dir: Path | None = No
 
 def load_prepared(task: str, split: str, root: Path | None = None) -> tuple[LazyImages, torch.Tensor]:
     """``(images, labels int64 (N,))`` of a prepared split; ``images`` (N,3,S,S) uint8 is read as it is indexed."""
-    file = (Path(root) / task / f"{split}.safetensors") if root else paths.prepared(task, split)
+    folder = Path(root) / task if root else paths.prepared(task)
+    file = folder / f"{split}.safetensors"
+    manifest = folder / "manifest.json"
+    recorded = read_json(manifest, {"splits": dict, "classnames": list}) if manifest.is_file() else None
+    if recorded is not None:
+        entry = recorded["splits"].get(split) or {}
+        check_recorded(file, entry.get("file_sha256"), manifest, f"rerun `mergeflow prepare --task {task}`")
     try:
-        return open_split(file)
+        images, labels = open_split(file)
     except MergeflowError as exc:
         if "not a prepared split" in str(exc):
             raise MergeflowError(f"{exc}; rerun `mergeflow prepare --task {task}`") from None
         raise
+    n_classes = len(recorded["classnames"]) if recorded is not None else None
+    if n_classes and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise MergeflowError(f"{file}: labels outside [0, {n_classes}) (the task's classes); rerun "
+                             f"`mergeflow prepare --task {task}`")
+    return images, labels
 
 
 def classnames(task: str, root: Path | None = None) -> list[str]:

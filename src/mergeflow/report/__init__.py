@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from mergeflow import paths
+from mergeflow.errors import MergeflowError
 from mergeflow.io import atomic_path, hash_file, read_json
 from mergeflow.merge import METHODS
 from mergeflow.report import figures, provenance
@@ -33,16 +34,25 @@ def _scale_text(name: str | None, value) -> str:
     return f"{SCALE_SYMBOLS.get(name, name)} = {value:g}" if isinstance(value, (int, float)) else f"{name} = {value}"
 
 
+# the keys the report reads, with their types: another shape is one line naming the file and the key
+NUMBER = (int, float)
+METRICS_SHAPE = {"accuracy": dict, "average": NUMBER}
+MERGE_REPORT_SHAPE = {"method": str, "sweep": (list, type(None)), "wall_s": NUMBER,
+                      "scale": {"name": (str, type(None)), "chosen_by": (str, type(None))}}
+
+
 def results_table(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long table model × task, summary with one row per model) from the metrics and merge reports."""
     rows, summary = [], []
     for model in cfg.models():
-        m = read_json(paths.metrics(model))
+        m = read_json(paths.metrics(model), METRICS_SHAPE)
         rows += [{"model": model, "task": t, "accuracy": a} for t, a in m["accuracy"].items()]
         rec = {"model": model, "label": LABELS.get(model, model), "kind": "reference", "average": m["average"],
                "normalized": m.get("normalized"), "drop_std": m.get("drop_std")}
         if model not in REFERENCES:
-            rep = read_json(paths.merge_report(model))
+            rep = read_json(paths.merge_report(model), MERGE_REPORT_SHAPE)
+            if rep["method"] not in METHODS:
+                raise MergeflowError(f"{paths.merge_report(model)}: method {rep['method']!r} is not registered")
             spec = METHODS[rep["method"]]
             sweep = f"{rep['sweep'][0]} = {rep['sweep'][1]}" if rep["sweep"] else ""
             rec.update({"method": rep["method"], "label": spec.pretty + (f" ({sweep})" if sweep else ""),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from mergeflow.errors import MergeflowError
+
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "dvc", "snakemake", "pandas", "matplotlib", "safetensors",
             "numpy", "jinja2", "mergeflow")
 # written by the engines while they run (DVC's lock, the .gitignore entries it adds for outputs): their
@@ -35,13 +37,20 @@ def git_state() -> dict:
 
 
 def dvc_lock_inputs(lock: Path = Path("dvc.lock")) -> dict[str, str]:
-    """Every dependency path recorded in ``dvc.lock`` with its hash (empty when DVC did not run here)."""
+    """Every dependency path recorded in ``dvc.lock`` with its hash (empty when DVC did not run here).
+
+    A lock file that cannot be read, or not as DVC writes it, is one line naming it."""
     if not lock.is_file():
         return {}
-    out: dict[str, str] = {}
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-        for dep in stage.get("deps", []):
-            out[dep["path"]] = dep.get("md5") or dep.get("hash") or "?"
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+        out: dict[str, str] = {}
+        for stage in data.get("stages", {}).values():
+            for dep in stage.get("deps", []):
+                out[str(dep["path"])] = str(dep.get("md5") or dep.get("hash") or "?")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise MergeflowError(f"{lock}: not a DVC lock file ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}); "
+                             "remove it and rerun `dvc repro`, or restore it from git") from None
     return dict(sorted(out.items()))
 
 

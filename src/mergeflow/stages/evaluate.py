@@ -11,10 +11,10 @@ from mergeflow.data.prepared import load_prepared
 from mergeflow.device import resolve
 from mergeflow.evaluate import accuracy, summarise
 from mergeflow.geometry import task_vector_geometry
-from mergeflow.io import hash_file, load_metadata, load_tensors, read_json, write_json
+from mergeflow.io import hash_file, load_metadata, read_json, write_json
 from mergeflow.merge.task_aware import AdaptedEncoder, from_tensors
 from mergeflow.models.factory import load_visual_state
-from mergeflow.stages.common import classifier, load_base_model, load_expert, logit_scale
+from mergeflow.stages.common import classifier, load_base_model, load_expert, load_merged, logit_scale
 
 
 def evaluate(cfg: Config, model_name: str) -> Path:
@@ -32,7 +32,7 @@ def evaluate(cfg: Config, model_name: str) -> Path:
     if model_name not in ("zeroshot", "individual"):
         cfg.run(model_name)
 
-        state = load_tensors(paths.merged(model_name))
+        state = load_merged(model_name)
         layout = load_metadata(paths.merged(model_name)).get("task_aware")
         if layout:
             per_task_part = from_tensors(state, layout)
@@ -54,7 +54,8 @@ def evaluate(cfg: Config, model_name: str) -> Path:
         per_task[t] = {"accuracy": acc, "count": int(len(labels))}
     individual, run_report = None, None
     if model_name not in ("zeroshot", "individual"):
-        individual = {t: {"accuracy": a} for t, a in read_json(paths.metrics("individual"))["accuracy"].items()}
+        individual = {t: {"accuracy": a}
+                      for t, a in read_json(paths.metrics("individual"), {"accuracy": dict})["accuracy"].items()}
         inputs[str(paths.merged(model_name))] = hash_file(paths.merged(model_name))
         run_report = read_json(paths.merge_report(model_name))
     summary = summarise(per_task, individual)

@@ -48,12 +48,17 @@ def features(cfg: Config, task: str, variant: str) -> Path:
 def _features_at(cfg: Config, model, task: str, v: Variant, scale: float, out: Path) -> Path:
     device = resolve(cfg.device)
     ex_file = paths.exemplars(task) if v.seed == cfg.exemplars.seed else paths.EXEMPLARS / f"{task}.seed{v.seed}.json"
-    listing = read_json(ex_file)
+    listing = read_json(ex_file, {"count": int, "indices": list})
     if v.count > listing["count"]:
         raise MergeflowError(f"variant {v.name}: {v.count} exemplars asked but {ex_file} lists {listing['count']}; "
                              "raise exemplars.pool")
-    idx = torch.tensor(listing["indices"][:v.count])
     images, labels = load_prepared(task, "train")
+    chosen = listing["indices"][:v.count]
+    if len(chosen) < v.count or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(labels)
+                                        for i in chosen):
+        raise MergeflowError(f"{ex_file}: indices must be {v.count} or more integers in [0, {len(labels)}) (the "
+                             f"train split); rerun `mergeflow exemplars --task {task}`")
+    idx = torch.tensor(chosen, dtype=torch.int64)
     images, labels = images[idx], labels[idx]
     visual = _scaled_visual(model, task, scale).to(device)
     dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32

@@ -23,7 +23,15 @@ from mergeflow.merge import merge as do_merge
 from mergeflow.merge.context import TaskData
 from mergeflow.models.classifier import normalize_images
 from mergeflow.scale_choice import choose_scale, scale_rank
-from mergeflow.stages.common import accuracy_of, classifier, load_base_model, load_expert, load_head, logit_scale
+from mergeflow.stages.common import (
+    accuracy_of,
+    classifier,
+    load_base_model,
+    load_expert,
+    load_head,
+    load_merged,
+    logit_scale,
+)
 from mergeflow.stages.evaluate import evaluate  # noqa: F401  (`merge --evaluate` scores the run in one process)
 
 
@@ -120,7 +128,7 @@ def _task_data(cfg: Config, spec, hp: dict, model, device):
 
     merged = {}
     if "merged" in spec.uses:
-        merged[hp["base"]] = {k: v.to(device) for k, v in load_tensors(paths.merged(hp["base"])).items()}
+        merged[hp["base"]] = {k: v.to(device) for k, v in load_merged(hp["base"]).items()}
     heads = {t: load_head(t).to(device) for t in cfg.tasks}
     return TaskData(encode, heads, logit_scale(model), unlabeled, split, val_accuracy, merged)
 
@@ -148,7 +156,8 @@ def merge(cfg: Config, run_name: str) -> Path:
         merged, diagnostics, wall = _merge_once(run, spec, hp, pre, experts, _run_stats(cfg, run), device, data)
     else:
         val = _val_sets(cfg)
-        expert_val = {t: read_json(paths.expert_log(t))["val_accuracy"] for t in cfg.tasks}
+        expert_val = {t: read_json(paths.expert_log(t), {"val_accuracy": (int, float)})["val_accuracy"]
+                      for t in cfg.tasks}
         scratch = copy.deepcopy(model.visual)
         curve, kept, wall = [], None, 0.0  # kept: the best per-scale merge so far (one model in memory)
         if not per_scale:
@@ -200,6 +209,5 @@ def merge(cfg: Config, run_name: str) -> Path:
         "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "device": str(device),
         "task_aware": spec.task_aware, "extra_bytes": extra_bytes, "training": spec.training,
         "unlabeled_split": data.unlabeled_split if data is not None and data.unlabeled else None,
-        "diagnostics": diagnostics, "inputs": inputs})
+        "diagnostics": diagnostics, "inputs": inputs, "model_sha256": hash_file(paths.merged(run.name))})
     return paths.merged(run.name)
-

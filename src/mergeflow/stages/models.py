@@ -75,7 +75,7 @@ def base(cfg: Config) -> Path:
             ckpt = shipped_checkpoint(arch, pretrained)
             log.update(checkpoint=str(ckpt), checkpoint_sha256=hash_file(ckpt))
     save_base(model.cpu().eval(), arch, paths.BASE, {"pretrained": pretrained})
-    write_json(paths.BASE / "log.json", log)
+    write_json(paths.BASE / "log.json", {**log, "weights_sha256": hash_file(paths.base_weights())})
     return paths.BASE
 
 
@@ -193,6 +193,6 @@ def finetune(cfg: Config, task: str) -> Path:
     state = clf.visual.cpu().state_dict()
     log["task_vector_norm_ratio"] = task_vector_norm_ratio(model.visual.state_dict(), state)
     save_tensors(paths.expert(task), state, {"task": task})
-    write_json(paths.expert_log(task), log)
+    write_json(paths.expert_log(task), {**log, "weights_sha256": hash_file(paths.expert(task))})
     return paths.expert(task)
 
