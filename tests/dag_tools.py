@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,13 @@ def engine_env(workspace: Path | None = None, *extra_paths: Path) -> dict[str, s
 
 
 def _strip_redirect(cmd: str) -> str:
-    return re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip())
+    return normal(re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip()))
+
+
+def normal(cmd: str) -> str:
+    """A command with its quoting normalised (DVC's commands quote every configured value, Snakemake's
+    only those that need it): the same words give the same string."""
+    return shlex.join(shlex.split(cmd))
 
 
 def snakemake_jobs(root: Path, *extra: str) -> dict[str, tuple[set[str], set[str]]]:
@@ -54,7 +61,7 @@ def dvc_stages(root: Path) -> dict[str, tuple[set[str], set[str]]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {stage.cmd.strip(): ({d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)},
+        return {normal(stage.cmd): ({d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)},
                                     {o.def_path for o in stage.outs})
                 for stage in repo.index.stages if stage.cmd}
 
@@ -65,5 +72,5 @@ def dvc_stage_params(root: Path) -> dict[str, set[str]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {stage.cmd.strip(): {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
+        return {normal(stage.cmd): {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
                 for stage in repo.index.stages if stage.cmd}

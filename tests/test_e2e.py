@@ -4,11 +4,14 @@ Slow (a few minutes): every stage is a fresh `mergeflow` process, as in a real r
 """
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -104,6 +107,81 @@ def test_dvc_metrics_are_numbers_only(dvc_ws):
     assert set(cat) == {"average", "normalized", "drop_std", "scale", "merge_wall_s", "accuracy"}
 
 
+def _stage_processes(root: "psutil.Process", command: str) -> list:
+    """The live processes under ``root`` that run ``mergeflow <command>`` (the stage and its workers)."""
+    out = []
+    for proc in root.children(recursive=True):
+        try:
+            if f"mergeflow {command}" in " ".join(proc.cmdline()):
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _interrupted_repro(ws: Path, command: str, how: str, after_s: float) -> list[int]:
+    """Start ``dvc repro``; ``after_s`` seconds into ``mergeflow <command>``, kill that stage's process with
+    SIGKILL (``kill``) or press Ctrl-C (``ctrl-c``: SIGINT to the terminal's process group). Returns the
+    ids of every process the stage had started (to check that none outlives it)."""
+    import time
+
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=engine_env(ws), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    dvc = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 600
+    while not _stage_processes(dvc, command):
+        assert proc.poll() is None and time.monotonic() < deadline, f"mergeflow {command} never started"
+        time.sleep(0.1)
+    time.sleep(after_s)
+    started = {p.pid for p in _stage_processes(dvc, command)} | {c.pid for p in _stage_processes(dvc, command)
+                                                                   for c in p.children(recursive=True)}
+    if how == "kill":
+        stage = min(_stage_processes(dvc, command), key=lambda p: p.create_time())  # the stage, not a worker
+        stage.kill()
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-3000:]
+    if how == "ctrl-c":  # the stage's own words: one line, no traceback
+        assert f"mergeflow {command.split()[0]}: interrupted" in out and "Traceback" not in out, out[-3000:]
+    return sorted(started)
+
+
+def test_kill_and_ctrl_c_at_three_points_then_a_rerun_give_the_uninterrupted_bytes(dvc_ws, tmp_path):
+    """kill -9 and Ctrl-C at three points: the fine-tuning stage (with its worker processes), the
+    statistics, a merge; then `dvc repro`: every model, statistic and accuracy equals the uninterrupted
+    run's and no process of the interrupted stages is left."""
+    import time
+
+    ws = _workspace(tmp_path / "ws")
+    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
+    started = []
+    # Each stage is found running, then stopped after_s later: short enough that the stage (a second or
+    # two in the tiny run, most of it importing torch) has not finished, or DVC would go on past it.
+    for command, how, after_s in (("finetune", "kill", 4.0), ("finetune", "ctrl-c", 3.0),
+                                  ("features", "ctrl-c", 0.3), ("features", "kill", 0.3),
+                                  ("merge --method cat", "kill", 0.5), ("merge --method cat", "ctrl-c", 0.3)):
+        started += _interrupted_repro(ws, command, how, after_s)
+    assert len(started) >= 8  # the fine-tuning workers (and multiprocessing's resource tracker) were there
+    deadline = time.monotonic() + 15
+    while [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
+        assert time.monotonic() < deadline, [psutil.Process(p).cmdline() for p in started if psutil.pid_exists(p)]
+        time.sleep(0.5)
+    _dvc_repro(ws)
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], ws).lower()
+    for sub in ("data/prepared", "data/exemplars", "data/features", "models"):
+        # weights, statistics and exemplar lists (the logs beside them record wall times)
+        files = sorted(p.relative_to(dvc_ws) for p in (dvc_ws / sub).rglob("*")
+                       if p.suffix == ".safetensors" or sub == "data/exemplars")
+        assert files, sub
+        for f in files:
+            assert (ws / f).read_bytes() == (dvc_ws / f).read_bytes(), f
+    numbers = ("accuracy", "average", "normalized", "drop_std", "scale")
+    for f in sorted((dvc_ws / "reports" / "metrics").glob("*.json")):
+        ours, theirs = json.loads((ws / f.relative_to(dvc_ws)).read_text()), json.loads(f.read_text())
+        assert {k: ours.get(k) for k in numbers} == {k: theirs.get(k) for k in numbers}, f.name
+
+
 def test_the_report_fits_the_page_in_a_real_browser(dvc_ws, tmp_path):
     from mergeflow.report.browser import check_page, find_chromium
 
@@ -156,6 +234,28 @@ def test_snakemake_gives_the_same_metrics(dvc_ws, smk_ws):
         assert files, sub
         for f in files:
             assert (dvc_ws / f).read_bytes() == (smk_ws / f).read_bytes(), f
+
+
+def test_a_plain_snakemake_run_repairs_an_interrupted_forced_merge(smk_ws):
+    """Ctrl-C while `snakemake -f` reruns CAT's merge (its outputs already deleted): the next plain run must
+    merge CAT again, not report "nothing to be done" with the report listing a model that is gone."""
+    import time
+
+    metrics = smk_ws / "reports" / "metrics" / "cat.json"
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", "-f", "models/merged/cat.safetensors"],
+                            cwd=smk_ws, env=engine_env(smk_ws), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while metrics.exists():  # Snakemake deletes a forced job's outputs when the job starts
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    assert not metrics.exists() and not (smk_ws / "models" / "merged" / "cat.safetensors").exists()
+    assert {"mergeflow merge --method cat --evaluate", "mergeflow report"} <= set(snakemake_jobs(smk_ws))
+    _run([str(BIN / "snakemake"), "--cores", "2"], smk_ws)
+    assert metrics.is_file() and not snakemake_jobs(smk_ws)
 
 
 def test_changing_cat_lambda_reruns_only_cat(dvc_ws, smk_ws):
@@ -303,19 +403,80 @@ def test_both_engines_merge_imported_checkpoints_alike(tmp_path):
 def test_merge_refuses_statistics_of_a_replaced_expert(dvc_ws):
     from safetensors.torch import load_file, save_file
 
-    expert = dvc_ws / "models" / "experts" / "digits.safetensors"
-    saved = expert.read_bytes()
+    from mergeflow.io import hash_file
+
+    expert, log = (dvc_ws / "models" / "experts" / f"digits.{ext}" for ext in ("safetensors", "log.json"))
+    saved, saved_log = expert.read_bytes(), log.read_bytes()
     state = load_file(str(expert))
     state["proj"] = state["proj"] * 1.01  # same keys and shapes: only the recorded hash can tell
     save_file(state, str(expert))
+    # a re-fine-tuned expert (its log records the new hash): the statistics made from the old one are stale
+    log.write_text(json.dumps({**json.loads(saved_log), "weights_sha256": hash_file(expert)}))
     try:
         out = subprocess.run([str(BIN / "mergeflow"), "merge", "--method", "lot"], cwd=dvc_ws, env=engine_env(dvc_ws),
                              capture_output=True, text=True)
     finally:
         expert.write_bytes(saved)
+        log.write_bytes(saved_log)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "stale, computed from another models/experts/digits.safetensors" in out.stderr
     assert "mergeflow features --variant gram-a1.0-n8-s0" in out.stderr
+
+
+def _zeroed(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v * 0 for k, v in load_file(str(path)).items()}, str(path))
+
+
+def _noisy_split(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    state["images"] = state["images"].flip(0)  # same shape and values, other images: only the hash can tell
+    save_file(state, str(path))
+
+
+@pytest.mark.parametrize("artifact, damage, stage, words", [
+    ("models/experts/shapes.safetensors", _zeroed, ["evaluate", "--model", "individual"],
+     "rerun `mergeflow finetune --task shapes`"),
+    ("models/merged/cat.safetensors", _zeroed, ["evaluate", "--model", "cat"], "rerun `mergeflow merge --method cat`"),
+    ("models/merged/task_arithmetic.safetensors", _zeroed, ["merge", "--method", "surgery"],
+     "rerun `mergeflow merge --method task_arithmetic`"),
+    ("data/prepared/digits/test.safetensors", _noisy_split, ["evaluate", "--model", "zeroshot"],
+     "rerun `mergeflow prepare --task digits`"),
+    ("models/base/model.safetensors", _zeroed, ["evaluate", "--model", "zeroshot"], "rerun `mergeflow base`"),
+])
+def test_a_stage_run_directly_refuses_an_input_changed_since_it_was_recorded(dvc_ws, artifact, damage, stage, words):
+    path = dvc_ws / artifact
+    saved = path.read_bytes()
+    damage(path)
+    try:
+        out = subprocess.run([str(BIN / "mergeflow"), *stage], cwd=dvc_ws, env=engine_env(dvc_ws),
+                             capture_output=True, text=True)
+    finally:
+        path.write_bytes(saved)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert f"{artifact}: changed since it was written" in out.stderr and words in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("file, text, words", [
+    ("reports/metrics/cat.json", '{"accuracy": 3, "average": 0.5}', "key accuracy = '3' must be dict"),
+    ("reports/merge/lot.json", '{"method": "lot"}', "key sweep missing"),
+    ("reports/merge/lot.json", '[]', "must be a JSON object"),
+    ("dvc.lock", "stages: [unclosed", "not a DVC lock file"),
+])
+def test_report_on_a_malformed_file_is_one_line_naming_it(dvc_ws, file, text, words):
+    path = dvc_ws / file
+    saved = path.read_bytes()
+    path.write_text(text)
+    try:
+        out = subprocess.run([str(BIN / "mergeflow"), "report"], cwd=dvc_ws, env=engine_env(dvc_ws),
+                             capture_output=True, text=True)
+    finally:
+        path.write_bytes(saved)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert file in out.stderr and words in out.stderr, out.stderr
 
 
 # --- code as a dependency, and a method added from outside the package ------------------------------------
