@@ -335,7 +335,12 @@ def test_ctrl_c_of_a_stage_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
     assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err, err[-3000:]
-    assert not list((tmp_path / "data" / "raw").glob("shapes")) and not list((tmp_path / "data" / "raw").glob("digits"))
+    # nothing half-written: a task folder is there only if fetch finished it (its marker written last,
+    # then renamed into place); no temporary folder is left
+    raw = tmp_path / "data" / "raw"
+    left = sorted(p.name for p in raw.iterdir()) if raw.is_dir() else []
+    assert "shapes" not in left and not [n for n in left if n.startswith(".")], left
+    assert all((raw / n / ".mergeflow-fetch.json").is_file() for n in left), left
 
 
 def test_device_cuda_without_a_gpu_stops_the_first_stage(tmp_path):

@@ -31,6 +31,10 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // max(1, min(jobs, cores)))
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _end_with_parent(parent: int) -> None:
     """Worker initializer: leave Ctrl-C to the parent and exit as soon as the parent is gone.
 
@@ -40,6 +44,9 @@ def _end_with_parent(parent: int) -> None:
     hand its result to. The multiprocessing resource tracker exits once the last worker has.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the parent ends workers with SIGTERM: as an exception, so that a job's `finally` removes its
+    # temporary files (nothing half-written is left beside the outputs)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     def watch() -> None:
         while os.getppid() == parent:
