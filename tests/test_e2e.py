@@ -342,14 +342,23 @@ def test_features_with_a_mismatched_expert_leave_no_artifact(dvc_ws):
     saved = expert.read_bytes()
     from safetensors.torch import load_file, save_file
 
+    log = dvc_ws / "models" / "experts" / "digits.log.json"
+    saved_log = log.read_bytes()
     state = load_file(str(expert))
     state.pop("proj")
     save_file(state, str(expert))
+    # the log records the new hash, as a finetune that wrote this expert would: the hash check passes and the
+    # structural check against the base is what must refuse it
+    import hashlib
+    record = json.loads(saved_log)
+    record["weights_sha256"] = hashlib.sha256(expert.read_bytes()).hexdigest()
+    log.write_text(json.dumps(record))
     try:
         out = subprocess.run([str(BIN / "mergeflow"), "features", "--task", "digits", "--variant", "gram-a0.5-n2-s0"],
                              cwd=dvc_ws, env=engine_env(dvc_ws), capture_output=True, text=True)
     finally:
         expert.write_bytes(saved)
+        log.write_bytes(saved_log)
     assert out.returncode == 2
     assert "digits.safetensors: does not match the base" in out.stderr and "proj" in out.stderr
     assert not (dvc_ws / "data" / "features" / "gram-a0.5-n2-s0" / "digits.safetensors").exists()
