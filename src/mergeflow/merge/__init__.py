@@ -18,11 +18,13 @@ tests/test_e2e.py registers a throw-away method this way and runs it through bot
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
 from mergeflow.errors import MergeflowError
+from mergeflow.families import Family, get_family
 from mergeflow.merge import (  # noqa: F401  (each import registers its method)
     adamerging,
     cat,
@@ -104,15 +106,20 @@ def _check_stats(spec: MethodSpec, hp: dict[str, Any], experts, stats) -> None:
         for kind in sorted(kinds):
             if kind not in have:
                 raise MergeflowError(f"{spec.name}: statistics of task {task!r} lack {kind!r}")
-        for name in ("gram", "sqnorm", "fisher", "grad"):
+        for name in ("gram", "sqnorm", "counts", "fisher", "grad"):
             for key, t in getattr(stats[task], name).items():
                 if not _finite(t):
                     raise MergeflowError(f"{spec.name}: {name} of task {task!r} for {key} contains NaN or Inf")
 
 
+def _takes_family(fn) -> bool:
+    return "family" in inspect.signature(fn).parameters
+
+
 def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dict[str, torch.Tensor]],
           stats: dict | None = None, diagnostics: dict | None = None, data: TaskData | None = None,
-          **hyperparameters: Any) -> dict[str, torch.Tensor] | MaskedTaskModels | AdaptedModel:
+          family: str | Family = "open_clip", **hyperparameters: Any
+          ) -> dict[str, torch.Tensor] | MaskedTaskModels | AdaptedModel:
     """Merge ``experts`` into one state dict with method ``name``.
 
     Args:
@@ -122,16 +129,24 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
         stats: task → :class:`mergeflow.features.TaskStats`, for the methods that need them.
         diagnostics: if a dict, methods record what they chose (CAT: eigenvalues per unit).
         data: the encoder and data, for the methods whose spec ``uses`` them (AdaMerging, Surgery, TALL).
+        family: the model family's adapter (:mod:`mergeflow.families`), or its name: what every parameter
+            is. Per-task heads are left out of the merge (each task keeps its expert's), index buffers are
+            copied from ``pretrained``; methods that treat units by kind receive it as ``family=``.
         **hyperparameters: overrides of the registry defaults (``lambda`` via ``**{"lambda": 5.0}``).
 
     Returns:
-        A state dict with ``pretrained``'s keys, shapes and dtypes; for a ``task_aware`` method a
-        :class:`MaskedTaskModels` or :class:`AdaptedModel` covering every task.
+        A state dict with ``pretrained``'s keys but its heads, with their shapes and dtypes; for a
+        ``task_aware`` method a :class:`MaskedTaskModels` or :class:`AdaptedModel` covering every task.
     """
     spec = get_method(name)
     hp = spec.resolve(hyperparameters)
     if spec.scale and hp[spec.scale] == "auto":
         raise MergeflowError(f"{name}: {spec.scale}='auto' is resolved by the merge stage; pass a number here")
+    family = get_family(family)
+    kinds = {k: family.unit(k).kind for sd in (pretrained, *experts.values()) for k in sd}
+    copied = {k: v for k, v in pretrained.items() if kinds[k] == "excluded"}
+    pretrained = {k: v for k, v in pretrained.items() if kinds[k] not in ("head", "excluded")}
+    experts = {t: {k: v for k, v in sd.items() if kinds[k] not in ("head", "excluded")} for t, sd in experts.items()}
     check_inputs(pretrained, experts)
     _check_stats(spec, hp, experts, stats)
     kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
@@ -139,6 +154,8 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
         if data is None:
             raise MergeflowError(f"{name} runs the encoder ({', '.join(spec.uses)}): pass data=TaskData(...)")
         kwargs["data"] = data
+    if _takes_family(spec.fn):
+        kwargs["family"] = family
     out = spec.fn(pretrained, experts, stats=stats, diagnostics=diagnostics, **kwargs)
     if spec.task_aware:
         missing = [t for t in experts if t not in out.tasks]
@@ -147,4 +164,4 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
         return out
     for key, ref in pretrained.items():
         assert out[key].shape == ref.shape and out[key].dtype == ref.dtype, key
-    return {k: out[k] for k in pretrained}
+    return {**{k: out[k] for k in pretrained}, **{k: v.clone() for k, v in copied.items()}}

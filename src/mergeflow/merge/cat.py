@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from mergeflow.errors import MergeflowError
+from mergeflow.families import Family, Unit
+from mergeflow.families.open_clip_vit import OPEN_CLIP
 from mergeflow.merge.common import add_outer_lower_, extreme_eigh, merge_by_unit
 from mergeflow.merge.registry import HParam, Need, register
-from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
 CAT_HPARAMS = {
     "alpha": HParam(0.4, float, "task-vector scale (statistics are recorded at this scale; auto: one set of "
@@ -192,14 +193,15 @@ def trimmed_total(ws: list[torch.Tensor], bases: list[torch.Tensor], rescale: bo
     return total
 
 
-def _trim_linear(key: str, mats: list[torch.Tensor], tasks: list[str], stats, hp, diag) -> torch.Tensor:
+def _trim_linear(key: str, unit: Unit, mats: list[torch.Tensor], tasks: list[str], stats, hp, diag) -> torch.Tensor:
     """``Σ_i T_i`` of one linear unit after CAT's trimming, from the task vectors' ``(d_out, d_in)`` views."""
+    site = unit.site
     for t in tasks:
-        if key not in stats[t].gram:
-            raise MergeflowError(f"CAT: statistics of task {t!r} have no Gram for {key}")
-    factors = [gram_factor(stats[t].gram[key].to(mats[0]), stats[t].rows.get(key, 10**9)) for t in tasks]
+        if site not in stats[t].gram:
+            raise MergeflowError(f"CAT: statistics of task {t!r} have no Gram for {site}")
+    factors = [gram_factor(stats[t].gram[site].to(mats[0]), stats[t].rows.get(site, 10**9)) for t in tasks]
     total = torch.empty_like(mats[0])
-    for b, rows in enumerate(row_blocks(key, mats[0].shape[0], hp["split_qkv"])):
+    for b, rows in enumerate(unit.row_blocks(mats[0].shape[0], hp["split_qkv"])):
         ws = [m[rows] for m in mats]
         bases = cat_bases(ws, factors, hp["c"], hp["lambda"], hp["eig_order"])
         unit = key if rows.stop - rows.start == mats[0].shape[0] else f"{key}[{'qkv'[b]}]"
@@ -233,12 +235,12 @@ def _top_positive(score: torch.Tensor, count: int) -> torch.Tensor:
     return mask
 
 
-def _ln_masks(key: str, vectors: list[torch.Tensor], tasks: list[str], stats, hp) -> list[torch.Tensor]:
+def _ln_masks(site: str, vectors: list[torch.Tensor], tasks: list[str], stats, hp) -> list[torch.Tensor]:
     energy = []
     for t in tasks:
-        if key not in stats[t].sqnorm:
-            raise MergeflowError(f"CAT: statistics of task {t!r} have no sqnorm for {key}")
-        energy.append(stats[t].sqnorm[key].to(vectors[0]) / max(stats[t].rows.get(key, 1), 1))
+        if site not in stats[t].sqnorm:
+            raise MergeflowError(f"CAT: statistics of task {t!r} have no sqnorm for {site}")
+        energy.append(stats[t].energy(site).to(vectors[0]))
     if len(tasks) < 2:
         return [torch.zeros_like(vectors[0], dtype=torch.bool)]
     return [_top_positive(sum(vectors[i] ** 2 * (energy[k] - hp["lambda_ln"] * energy[i])
@@ -258,12 +260,13 @@ def _shift_masks(vectors: list[torch.Tensor], c_shift: int) -> list[torch.Tensor
 
 @register("cat", "CAT Merging", "Sun et al., CAT Merging: a training-free approach for resolving conflicts in "
           "model merging, ICML 2025", CAT_HPARAMS, needs=(Need("gram", "alpha", "exemplars"),), scale="alpha")
-def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
+def cat(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """Trim each task vector of the components that conflict with other tasks, then task arithmetic.
 
     A unit's bases and masks come from its untrimmed vectors; then every ``T_i`` is trimmed by every
     other task's basis or mask in task order. Units are independent: only the K task vectors of the units
-    in progress are held, and on CPU as many units run side by side as torch has threads.
+    in progress are held, and on CPU as many units run side by side as torch has threads. Embeddings and
+    parameters without statistics are summed untrimmed (algorithms.md §2, §8).
     """
     tasks = list(experts)
     extra = tuple(hp["linear_extra"])
@@ -271,14 +274,15 @@ def cat(pretrained, experts, stats=None, diagnostics=None, **hp):
     ln_masked = {}
 
     def trimmed_sum(key: str, vecs: list[torch.Tensor]) -> torch.Tensor:
-        if is_linear(key, extra):
-            total = _trim_linear(key, [as_matrix(key, v) for v in vecs], tasks, stats, hp, eig_diag)
-            return from_matrix(key, total, vecs[0])
-        if is_layernorm(key):
-            masks = _ln_masks(key, vecs, tasks, stats, hp)
+        unit = family.unit(key).resolved(extra)
+        if unit.kind == "linear":
+            total = _trim_linear(key, unit, [unit.matrix(v) for v in vecs], tasks, stats, hp, eig_diag)
+            return unit.from_matrix(total, vecs[0])
+        if unit.kind == "scale":
+            masks = _ln_masks(unit.site, vecs, tasks, stats, hp)
             ln_masked[key] = [int(m.sum()) for m in masks]
             vecs = _apply_masks(vecs, masks, hp["rescale"])
-        elif is_shift(key):
+        elif unit.kind == "shift":
             vecs = _apply_masks(vecs, _shift_masks(vecs, hp["c_shift"]), hp["rescale"])
         return torch.stack(vecs).sum(0)
 

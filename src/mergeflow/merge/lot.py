@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from mergeflow.families import Family
+from mergeflow.families.open_clip_vit import OPEN_CLIP
 from mergeflow.merge.common import COMPUTE, merge_by_unit, symmetric_eigh
 from mergeflow.merge.registry import HParam, Need, alpha, register
-from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear
 
 
 def lot_linear(vectors: list[torch.Tensor], grams: list[torch.Tensor]) -> torch.Tensor:
@@ -34,10 +35,11 @@ def lot_scale(vectors: list[torch.Tensor], energies: list[torch.Tensor]) -> torc
     return torch.where(total > 0, weighted, t.mean(0))
 
 
-def _rows(stats, key: str) -> float:
-    if key in stats.rows:
-        return float(stats.rows[key])
-    return float(max(stats.rows.values())) if stats.rows else 1.0
+def lot_embedding(vectors: list[torch.Tensor], counts: list[torch.Tensor]) -> torch.Tensor:
+    """Per row ``r``: ``t*[r] = Σ_k c_k[r] T_k[r] / Σ_k c_k[r]``, the count-weighted mean; a row no exemplar
+    looked up gets the plain mean of the ``T_k[r]`` (the objective does not see it)."""
+    return lot_scale(vectors, [c.view(-1, *[1] * (v.ndim - 1)).expand_as(v) for c, v in zip(counts, vectors,
+                                                                                          strict=True)])
 
 
 @register("lot", "LOT Merging", "Sun et al., Towards minimizing feature drift in model merging: layer-wise task "
@@ -45,18 +47,23 @@ def _rows(stats, key: str) -> float:
           {"lambda": alpha(1.2, "scale of the merged task vector"),
            "exemplars": HParam(64, int, "exemplars per task for the Grams", low=1, pipeline=True)},
           needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
-def lot(pretrained, experts, stats=None, diagnostics=None, **hp):
-    """Linear units: Gram-weighted least squares; LayerNorm scales: energy-weighted mean; rest: row-weighted."""
+def lot(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
+    """Linear units: Gram-weighted least squares; normalisation scales: energy-weighted mean; embeddings:
+    count-weighted mean per row; the rest: row-weighted mean."""
     tasks = list(experts)
 
     def solution(key: str, items: list[torch.Tensor]) -> torch.Tensor:
         like = items[0]
-        if is_linear(key) and all(key in stats[t].gram for t in tasks):
-            matrix = lot_linear([as_matrix(key, x) for x in items], [stats[t].gram[key] for t in tasks])
-            return from_matrix(key, matrix, like).to(COMPUTE)
-        if is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
-            return lot_scale(items, [stats[t].sqnorm[key] for t in tasks]).to(COMPUTE)
-        w = torch.tensor([_rows(stats[t], key) for t in tasks], dtype=torch.float64, device=like.device)
+        unit = family.unit(key).resolved()
+        site = unit.site
+        if unit.kind == "linear" and all(site in stats[t].gram for t in tasks):
+            matrix = lot_linear([unit.matrix(x) for x in items], [stats[t].gram[site] for t in tasks])
+            return unit.from_matrix(matrix, like).to(COMPUTE)
+        if unit.kind == "scale" and all(site in stats[t].sqnorm for t in tasks):
+            return lot_scale(items, [stats[t].sqnorm[site] for t in tasks]).to(COMPUTE)
+        if unit.kind == "embedding" and all(site in stats[t].counts for t in tasks):
+            return lot_embedding(items, [stats[t].counts[site].to(like.device) for t in tasks]).to(COMPUTE)
+        w = torch.tensor([stats[t].row_weight(site) for t in tasks], dtype=torch.float64, device=like.device)
         return (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(w.sum()).to(COMPUTE)
 
     return merge_by_unit(pretrained, experts, solution, hp["lambda"], "LOT")

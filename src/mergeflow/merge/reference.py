@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from mergeflow.families import Family
+from mergeflow.families.open_clip_vit import OPEN_CLIP
 from mergeflow.merge.cat import POSITIVE
-from mergeflow.merge.units import as_matrix, from_matrix, is_layernorm, is_linear, is_shift, row_blocks
 
 
 def _vectors(pretrained, experts) -> dict[str, dict[str, torch.Tensor]]:
@@ -61,7 +62,8 @@ def _trim_in_order(v: torch.Tensor, steps: list, rescale: bool) -> torch.Tensor:
 
 
 def cat_reference(pretrained, experts, stats, *, alpha, c, lam, c_ln, lambda_ln, c_shift, split_qkv=True,
-                  eig_order="top", rescale=False, linear_extra=()) -> dict[str, torch.Tensor]:
+                  eig_order="top", rescale=False, linear_extra=(),
+                  family: Family = OPEN_CLIP) -> dict[str, torch.Tensor]:
     """CAT Merging as specified: bases and masks from the untrimmed vectors, then every ``T_i`` trimmed by
     every other task's basis or mask in task order, then ``θ_pre + α Σ_i T_i``."""
     tasks = list(experts)
@@ -70,20 +72,21 @@ def cat_reference(pretrained, experts, stats, *, alpha, c, lam, c_ln, lambda_ln,
     summed = {}
     for key in vectors[tasks[0]]:
         vecs = [vectors[t][key] for t in tasks]
-        if is_linear(key, tuple(linear_extra)):
-            mats = [as_matrix(key, v) for v in vecs]
-            grams = [stats[t].gram[key].double() for t in tasks]
+        unit = family.unit(key).resolved(tuple(linear_extra))
+        if unit.kind == "linear":
+            mats = [unit.matrix(v) for v in vecs]
+            grams = [stats[t].gram[unit.site].double() for t in tasks]
             total = torch.zeros_like(mats[0])
-            for rows in row_blocks(key, mats[0].shape[0], split_qkv):
+            for rows in unit.row_blocks(mats[0].shape[0], split_qkv):
                 ws = [m[rows] for m in mats]
                 bases = [cat_basis(ws, grams, k, c, lam, eig_order) for k in range(n)]
                 for i, w in enumerate(ws):
                     steps = [lambda x, b=b: x - b @ (b.t() @ x) for k, b in enumerate(bases) if k != i and b.shape[1]]
                     total[rows] += _trim_in_order(w, steps, rescale)
-            summed[key] = from_matrix(key, total, vecs[0])
+            summed[key] = unit.from_matrix(total, vecs[0])
             continue
-        if is_layernorm(key):
-            energy = [stats[t].sqnorm[key].double() / max(stats[t].rows.get(key, 1), 1) for t in tasks]
+        if unit.kind == "scale":
+            energy = [stats[t].energy(unit.site).double() for t in tasks]
             masks = []
             for k in range(n):
                 score = torch.zeros_like(vecs[0])
@@ -91,7 +94,7 @@ def cat_reference(pretrained, experts, stats, *, alpha, c, lam, c_ln, lambda_ln,
                     if i != k:
                         score += vecs[i] ** 2 * (energy[k] - lambda_ln * energy[i])
                 masks.append(_top_positive(score, c_ln if n > 1 else 0))
-        elif is_shift(key):
+        elif unit.kind == "shift":
             masks = [_top_positive(v.abs().flatten() + 1.0, c_shift) for v in vecs]  # + 1: zeros may be chosen
         else:
             summed[key] = sum(vecs)
@@ -116,27 +119,37 @@ def _top_positive(score: torch.Tensor, count: int) -> torch.Tensor:
 
 
 # --- LOT ----------------------------------------------------------------------------------------------
-def lot_reference(pretrained, experts, stats, *, lam) -> dict[str, torch.Tensor]:
-    """LOT Merging as specified: per linear unit ``(Σ_k W_k G_k) pinv(Σ_k G_k)``, per LayerNorm scale the
-    ``sqnorm``-weighted mean, elsewhere the row-weighted mean; then ``θ_pre + λ T*``."""
+def lot_reference(pretrained, experts, stats, *, lam, family: Family = OPEN_CLIP) -> dict[str, torch.Tensor]:
+    """LOT Merging as specified: per linear unit ``(Σ_k W_k G_k) pinv(Σ_k G_k)``, per normalisation scale the
+    ``sqnorm``-weighted mean, per embedding row the count-weighted mean (the plain mean for a row no task
+    looked up), elsewhere the row-weighted mean; then ``θ_pre + λ T*``."""
     tasks = list(experts)
     vectors = _vectors(pretrained, experts)
     summed = {}
     for key in vectors[tasks[0]]:
         vecs = [vectors[t][key] for t in tasks]
-        if is_linear(key) and all(key in stats[t].gram for t in tasks):
-            grams = [stats[t].gram[key].double() for t in tasks]
-            rhs = sum(as_matrix(key, v) @ g for v, g in zip(vecs, grams, strict=True))
+        unit = family.unit(key).resolved()
+        site = unit.site
+        if unit.kind == "linear" and all(site in stats[t].gram for t in tasks):
+            grams = [stats[t].gram[site].double() for t in tasks]
+            rhs = sum(unit.matrix(v) @ g for v, g in zip(vecs, grams, strict=True))
             total = sum(grams)
-            cutoff = total.shape[0] * torch.finfo(stats[tasks[0]].gram[key].dtype).eps
+            cutoff = total.shape[0] * torch.finfo(stats[tasks[0]].gram[site].dtype).eps
             solution = rhs @ torch.linalg.pinv(total, rtol=cutoff, hermitian=True)
-            summed[key] = from_matrix(key, solution, vecs[0])
-        elif is_layernorm(key) and all(key in stats[t].sqnorm for t in tasks):
-            energy = [stats[t].sqnorm[key].double() for t in tasks]
+            summed[key] = unit.from_matrix(solution, vecs[0])
+        elif unit.kind in ("scale", "embedding") and all(site in getattr(stats[t], "sqnorm" if unit.kind == "scale"
+                                                                         else "counts") for t in tasks):
+            if unit.kind == "scale":
+                energy = [stats[t].sqnorm[site].double() for t in tasks]
+            else:  # one count per table row, the same for every entry of the row
+                energy = [stats[t].counts[site].double().view(-1, 1).expand_as(vecs[0]) for t in tasks]
             weight = sum(energy)
             weighted = sum(e * v for e, v in zip(energy, vecs, strict=True)) / weight.clamp(min=1e-30)
             summed[key] = torch.where(weight > 0, weighted, sum(vecs) / len(vecs))
         else:
-            rows = [float(stats[t].rows.get(key, max(stats[t].rows.values(), default=1))) for t in tasks]
+            if stats[tasks[0]].weighting == "task":
+                rows = [1.0 for _ in tasks]
+            else:
+                rows = [float(stats[t].rows.get(site or key, max(stats[t].rows.values(), default=1))) for t in tasks]
             summed[key] = sum(r * v for r, v in zip(rows, vecs, strict=True)) / sum(rows)
     return _merged(pretrained, summed, lam)

@@ -1,0 +1,133 @@
+"""Model families as adapters: what every parameter of a family's models is to a merge method.
+
+A family is data: an ordered list of :class:`Rule` (a pattern over parameter names and the unit it
+names), plus how its models are built, loaded and observed. Methods ask ``family.unit(key)`` and never
+look at names, so a method written once merges every family (algorithms.md §1, §8).
+
+>>> from mergeflow.families import get_family
+>>> get_family("hf-encoder").unit("roberta.encoder.layer.0.attention.self.key.weight").site
+'roberta.encoder.layer.0.attention.self.query.weight'
+
+Adding a family: one module with its rules and a :class:`Family` registered with :func:`register_family`,
+imported below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+import torch
+from torch import nn
+
+from mergeflow.errors import MergeflowError
+from mergeflow.families.units import KINDS, Unit
+
+__all__ = ["FAMILIES", "KINDS", "Family", "Rule", "Unit", "get_family", "register_family"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Parameters whose name matches ``pattern`` (``re.search``) are ``kind`` units.
+
+    ``site`` is a template expanded with the match (``\\g<name>`` groups; ``\\g<0>`` is the matched text):
+    the statistics key that serves the unit; with ``site_is_key`` the parameter's own name is the site.
+    """
+
+    pattern: str
+    kind: str
+    site: str | None = None
+    site_is_key: bool = False
+    input_major: bool = False
+    blocks: int = 1
+    option: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"rule {self.pattern!r}: unknown unit kind {self.kind!r}")
+
+    @property
+    def regex(self) -> re.Pattern:
+        return _compiled(self.pattern)
+
+    def unit(self, key: str, match: re.Match) -> Unit:
+        site = key if self.site_is_key else (key[:match.start()] + match.expand(self.site) if self.site else None)
+        return Unit(self.kind, site, self.input_major, self.blocks, self.option)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family's adapter.
+
+    Attributes:
+        name: the registry name (``model.family`` in params.yaml).
+        description: what models it covers.
+        rules: first match wins; a parameter no rule matches is an error naming it.
+        statistics: ``statistics(model, batches, *, dtype, **options) -> TaskStats``: runs the model with the
+            hooks that record every site's statistic (Grams, normalised-input energies, row counts).
+        build: ``build(config) -> nn.Module`` from the family's configuration (a name or a dict).
+        load: ``load(folder) -> nn.Module`` from a saved folder (no network).
+    """
+
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+    statistics: Callable[..., object] | None = field(default=None, compare=False)
+    build: Callable[..., nn.Module] | None = field(default=None, compare=False)
+    load: Callable[..., nn.Module] | None = field(default=None, compare=False)
+
+    def unit(self, key: str) -> Unit:
+        """The unit of parameter ``key``; a :class:`MergeflowError` naming it when no rule does."""
+        return _unit(self, key)
+
+    def units(self, state: dict[str, torch.Tensor]) -> dict[str, Unit]:
+        """Every parameter of ``state`` classified (the first unclassified one is an error)."""
+        return {k: self.unit(k) for k in state}
+
+    def merged_part(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors methods merge and return: all but per-task heads (index buffers are copied)."""
+        return {k: v for k, v in state.items() if self.unit(k).kind != "head"}
+
+    def heads(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-task head tensors of ``state`` (each task keeps its expert's)."""
+        return {k: v for k, v in state.items() if self.unit(k).kind == "head"}
+
+
+@cache
+def _unit(family: Family, key: str) -> Unit:
+    for rule in family.rules:
+        match = rule.regex.search(key)
+        if match:
+            return rule.unit(key, match)
+    raise MergeflowError(f"{family.name}: parameter {key!r} is not classified by any rule of the adapter "
+                         f"(mergeflow.families); a new parameter needs a rule saying what it is")
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in FAMILIES:
+        raise ValueError(f"model family {family.name!r} registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str | Family) -> Family:
+    """The adapter named ``name`` (an adapter is returned as is)."""
+    if isinstance(name, Family):
+        return name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise MergeflowError(f"model.family: unknown family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+from mergeflow.families import hf_encoder, open_clip_vit  # noqa: E402,F401  (each import registers its family)

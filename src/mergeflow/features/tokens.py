@@ -1,0 +1,118 @@
+"""Layer statistics of token-sequence models by forward hooks that honour the attention mask.
+
+Which module records what is read off the family's adapter: an ``nn.Linear`` whose weight is the first of
+its site records the Gram of its input, an ``nn.LayerNorm`` scale unit the ``sqnorm`` of its normalised
+input, an ``nn.Embedding`` the count of each row looked up. Only real tokens enter: rows of a ``(B, L, ·)``
+input where the batch's attention mask is 0 (padding) are dropped before any sum, so a padded batch gives
+the statistics of its sequences run one by one. A 2-D input (a pooler's first token) is one row per
+sequence, always real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import partial
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mergeflow.errors import MergeflowError
+from mergeflow.features.stats import WEIGHTINGS, TaskStats
+
+
+class _TokenAccumulator:
+    def __init__(self, stats: TaskStats, dtype: torch.dtype):
+        self.stats, self.dtype = stats, dtype
+        self.mask: torch.Tensor | None = None  # (B, L) bool of the batch in progress
+
+    def real(self, x: torch.Tensor, site: str) -> torch.Tensor:
+        """The rows of ``x`` that are real tokens: ``(rows, ·)`` (or ``(rows,)`` for ids)."""
+        if x.ndim == self.mask.ndim + (0 if x.dtype in (torch.int64, torch.int32) else 1):
+            if x.shape[0] == 1 and self.mask.shape[0] > 1:  # ids shared by the batch (BERT's position ids)
+                x = x.expand(self.mask.shape[0], *x.shape[1:])
+            if tuple(x.shape[:2]) != tuple(self.mask.shape):
+                raise MergeflowError(f"statistics of {site}: input of shape {tuple(x.shape)} does not match the "
+                                     f"attention mask {tuple(self.mask.shape)}")
+            return x[self.mask]
+        return x.reshape(-1, x.shape[-1]) if x.is_floating_point() else x.reshape(-1)
+
+    def add(self, field: str, site: str, value: torch.Tensor, rows: int) -> None:
+        store = getattr(self.stats, field)
+        store[site] = store[site] + value if site in store else value
+        self.stats.rows[site] = self.stats.rows.get(site, 0) + rows
+
+    def gram(self, site: str, mod, args) -> None:
+        x = self.real(args[0], site).to(self.dtype)
+        self.add("gram", site, x.t() @ x, x.shape[0])
+
+    def sqnorm(self, site: str, mod: nn.LayerNorm, args, out) -> None:
+        x = self.real(args[0], site).to(self.dtype)
+        xhat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + mod.eps)
+        self.add("sqnorm", site, (xhat ** 2).sum(0), x.shape[0])
+
+    def counts(self, site: str, mod: nn.Embedding, args) -> None:
+        ids = self.real(args[0], site)
+        value = torch.bincount(ids.reshape(-1).cpu(), minlength=mod.num_embeddings).to(torch.float64)
+        self.add("counts", site, value, ids.numel())
+
+
+def install_hooks(model: nn.Module, family, acc: _TokenAccumulator) -> list:
+    """One hook per module that observes a site of ``family`` (a module's weight key names its unit)."""
+    handles = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        key = f"{name}.weight" if name else "weight"
+        unit = family.unit(key)
+        if unit.site != key:  # k and v read q's input: one hook per site
+            continue
+        if isinstance(module, nn.Linear) and unit.kind == "linear":
+            handles.append(module.register_forward_pre_hook(partial(_TokenAccumulator.gram, acc, key)))
+        elif isinstance(module, nn.LayerNorm) and unit.kind == "scale":
+            handles.append(module.register_forward_hook(partial(_TokenAccumulator.sqnorm, acc, key)))
+        elif isinstance(module, nn.Embedding) and unit.kind == "embedding":
+            handles.append(module.register_forward_pre_hook(partial(_TokenAccumulator.counts, acc, key)))
+    return handles
+
+
+def _batches(batches) -> Iterable[Mapping[str, torch.Tensor]]:
+    if isinstance(batches, Mapping):
+        yield batches
+    else:
+        yield from batches
+
+
+@torch.inference_mode()
+def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype = torch.float32,
+                        weighting: str = "tokens", device: torch.device | str | None = None) -> TaskStats:
+    """Grams, normalised-input energies and embedding row counts of ``model`` over real tokens.
+
+    Args:
+        model: a ``transformers`` encoder or task model of ``family``.
+        batches: a batch or an iterable of batches, each a mapping with ``input_ids`` and ``attention_mask``
+            ``(B, L)`` (and optionally ``token_type_ids``).
+        family: the adapter (:mod:`mergeflow.families`) that names every module's unit.
+        dtype: accumulation precision (float32, or float64).
+        weighting: ``tokens`` or ``task`` (:class:`TaskStats`).
+    """
+    if weighting not in WEIGHTINGS:
+        raise MergeflowError(f"features.weighting: {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+    stats = TaskStats()
+    acc = _TokenAccumulator(stats, dtype)
+    model = model.eval()
+    device = device or next(model.parameters()).device
+    handles = install_hooks(model, family, acc)
+    try:
+        for batch in tqdm(_batches(batches), desc="statistics", unit="batch", leave=False, mininterval=5.0):
+            if "attention_mask" not in batch or "input_ids" not in batch:
+                raise MergeflowError("statistics: a batch needs input_ids and attention_mask")
+            acc.mask = batch["attention_mask"].to(device).bool()
+            model(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        for h in handles:
+            h.remove()
+    for name in ("gram", "sqnorm", "counts"):
+        setattr(stats, name, {k: v.cpu() for k, v in getattr(stats, name).items()})
+    return stats.per_task() if weighting == "task" else stats
