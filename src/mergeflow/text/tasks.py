@@ -1,0 +1,85 @@
+"""The text task registry: every task declares its metric, its labels (or a score) and how a split is read.
+
+Offline tasks are generated (:mod:`mergeflow.text.offline`); GLUE tasks are read from a local folder
+(:mod:`mergeflow.text.glue`), ``<folder>/<task>/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mergeflow.errors import MergeflowError
+from mergeflow.text import glue, offline
+from mergeflow.text.glue import TextSplit
+from mergeflow.text.metrics import get_metric
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """A text task.
+
+    Attributes:
+        name: registry key (the folder name under the raw and prepared folders).
+        metric: a key of :data:`mergeflow.text.metrics.METRICS`.
+        labels: class names in label order; None for a regression task (one output, a score).
+        read: ``read(raw_dir, split, options) -> TextSplit`` for split train | test.
+        kind: ``offline`` (generated) or ``glue`` (read from a local folder).
+    """
+
+    name: str
+    metric: str
+    labels: tuple[str, ...] | None
+    read: Callable[[Path, str, dict], TextSplit]
+    kind: str
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def score(self, predictions, references) -> dict[str, float]:
+        return get_metric(self.metric)(predictions, references)
+
+
+TEXT_TASKS: dict[str, TextTask] = {}
+
+
+def register_text_task(task: TextTask) -> TextTask:
+    if task.name in TEXT_TASKS:
+        raise ValueError(f"text task {task.name!r} registered twice")
+    get_metric(task.metric)
+    TEXT_TASKS[task.name] = task
+    return task
+
+
+def get_text_task(name: str) -> TextTask:
+    try:
+        return TEXT_TASKS[name]
+    except KeyError:
+        raise MergeflowError(f"unknown text task {name!r}; known: {', '.join(sorted(TEXT_TASKS))}") from None
+
+
+def _offline_reader(name: str):
+    def read(raw_dir: Path, split: str, options: dict) -> TextSplit:
+        count = int(options.get(split, {"train": 2000, "test": 500}[split]))
+        examples = offline.generate(name, split, count, int(options.get("seed", 0)))
+        labels = np.array([e[2] for e in examples],
+                          dtype=np.float32 if offline.TASKS[name][2] is None else np.int64)
+        pair = examples[0][1] is not None
+        return TextSplit([e[0] for e in examples], [e[1] for e in examples] if pair else None, labels)
+    return read
+
+
+def _glue_reader(name: str):
+    def read(raw_dir: Path, split: str, options: dict) -> TextSplit:
+        return glue.read_glue(raw_dir, name, split)
+    return read
+
+
+for _name, (_draw, _metric, _labels) in offline.TASKS.items():
+    register_text_task(TextTask(_name, _metric, _labels, _offline_reader(_name), "offline"))
+for _name, _task in glue.GLUE.items():
+    register_text_task(TextTask(_name, _task.metric, _task.labels, _glue_reader(_name), "glue"))
