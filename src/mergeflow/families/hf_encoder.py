@@ -45,13 +45,22 @@ def build(config: dict, num_labels: int | None = None):
 
 
 def load(folder: str | Path, num_labels: int | None = None):
-    """The model saved in ``folder`` (``config.json`` and ``model.safetensors``; no network)."""
+    """The model saved in ``folder`` (``config.json`` and ``model.safetensors``; no network).
+
+    Index buffers a checkpoint may hold are dropped (the model makes its own). With ``num_labels``, a bare
+    encoder's weights become the body of a sequence classifier whose head is newly initialised.
+    """
     from mergeflow.io import load_tensors, read_json
 
     folder = Path(folder)
     model = build(read_json(folder / "config.json"), num_labels)
-    state = load_tensors(folder / "model.safetensors")
+    state = {k: v for k, v in load_tensors(folder / "model.safetensors").items()
+             if HF_ENCODER.unit(k).kind != "excluded"}
+    prefix = model.base_model_prefix
+    if num_labels is not None and not any(k.startswith(f"{prefix}.") for k in state):
+        state = {f"{prefix}.{k}": v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if HF_ENCODER.unit(k).kind not in ("head", "excluded") or num_labels is None]
     if missing or unexpected:
         key = (missing or unexpected)[0]
         raise MergeflowError(f"{folder / 'model.safetensors'}: {key} is {'missing' if missing else 'unexpected'}")
