@@ -272,3 +272,11 @@ def test_every_weight_method_merges_a_roberta_body(roberta_suite, name):
         out = out.state(pre, "t1")
     assert set(out) == set(pre)
     assert all(torch.isfinite(v).all() for v in out.values() if v.is_floating_point())
+
+
+def test_an_expert_with_another_vocabulary_is_one_line_naming_both_sizes(roberta_suite):
+    pre, experts, _ = roberta_suite
+    key = "roberta.embeddings.word_embeddings.weight"
+    other = {**experts["t0"], key: torch.zeros(61, 16)}
+    with pytest.raises(MergeflowError, match=rf"expert 't0': {key} has shape \(61, 16\), pretrained \(60, 16\)"):
+        merge("task_arithmetic", pre, {"t0": other, "t1": experts["t1"]}, family="hf-encoder", alpha=0.3)

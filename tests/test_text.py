@@ -173,3 +173,26 @@ def test_tiny_text_run_from_pretraining_to_merged_scores(tokenizer):
             model.load_state_dict({**merged, **HF.heads(experts[name])})  # the merged body, the task's own head
             score = get_text_task(name).score(predict(model, arrays), labels)["score"]
             assert np.isfinite(score), (method, name)
+
+
+def test_glue_download_writes_the_layout_the_reader_reads(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    asked = []
+
+    def fake_load_dataset(path, name):  # the hub, offline: what load_dataset returns for GLUE's sst2
+        asked.append((path, name))
+        return datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({"sentence": ["good", "bad"], "label": [1, 0], "idx": [0, 1]})
+            for split in ("train", "validation", "test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    folder = glue.download_glue("sst2", tmp_path / "raw" / "sst2")
+    assert asked == [("nyu-mll/glue", "sst2")]
+    assert glue.read_glue(folder, "sst2", "test").labels.tolist() == [1, 0]  # GLUE's validation split
+
+    def offline(path, name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(MergeflowError, match=r"GLUE cola: cannot download nyu-mll/glue here \(ConnectionError\)"):
+        glue.download_glue("cola", tmp_path / "raw" / "cola")

@@ -157,3 +157,26 @@ def read_glue(folder: str | Path, name: str, split: str) -> TextSplit:
     if any(folder.glob("*.tsv")):
         return read_tsv(folder, name, split)
     return read_saved(folder, name, split)
+
+
+HUB_DATASET = "nyu-mll/glue"  # GLUE on the Hugging Face hub: one configuration per task
+
+
+def download_glue(name: str, out: str | Path) -> Path:
+    """Fetch GLUE task ``name`` with ``datasets`` (needs a network) into ``out``, in the save-to-disk layout
+    that :func:`read_saved` reads. ``out`` is the fetch stage's fresh temporary folder: the stage marks it
+    and renames it into place, and never replaces a folder it did not make."""
+    get_glue(name)
+    try:
+        import datasets
+    except ImportError:
+        raise MergeflowError("data.download for GLUE needs the `datasets` package: pip install 'mergeflow[glue]'") \
+            from None
+    try:
+        data = datasets.load_dataset(HUB_DATASET, name)
+    except Exception as exc:  # noqa: BLE001 - network and hub failures come as many types
+        raise MergeflowError(f"GLUE {name}: cannot download {HUB_DATASET} here ({type(exc).__name__}); put GLUE's "
+                             "TSV files or a save_to_disk folder in data.local_dir and set data.download: false") \
+            from None
+    data.save_to_disk(str(out))
+    return Path(out)
