@@ -74,17 +74,37 @@ def head_file(fmt: str, root: Path, theirs: str) -> Path | None:
 
 
 def read_model(fmt: str, path: Path) -> SourceModel:
-    """The model at ``path`` in format ``fmt`` (a file, or a folder for ``hf``)."""
+    """The model at ``path`` in format ``fmt`` (a file, or a folder for ``hf``). Whatever a file makes go
+    wrong while it is read is one :class:`MergeflowError` naming it (the cause kept for ``--verbose``)."""
     if fmt not in FORMATS:
         raise MergeflowError(f"model.import.format: unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    if fmt == "hf":
-        return read_hf(path)
-    return read_open_clip(path)
+    return _bounded(read_hf if fmt == "hf" else read_open_clip, path)
+
+
+def _bounded(read, path: Path):
+    try:
+        return read(path)
+    except MergeflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one boundary around a stranger's file
+        raise MergeflowError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 # --- open_clip encoders (task_vectors, TALL) -----------------------------------------------------------------
-def module_state(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The state dict an ``nn.Module`` record would give: parameters, persistent buffers, then submodules."""
+# A module tree's state dict may name a shared submodule under each of its paths (torch's does), so records
+# that fan out to the same sub-records give exponentially many names: more than this is refused.
+MAX_STATE_KEYS = 1 << 16
+
+
+def module_state(record: Record, prefix: str = "", _path: frozenset[int] = frozenset(),
+                 _count: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict an ``nn.Module`` record would give: parameters, persistent buffers, then submodules.
+    A module that contains itself, or a tree with more than :data:`MAX_STATE_KEYS` entries, is refused."""
+    if id(record) in _path:
+        raise MergeflowError(f"{record.qualname()}: module {prefix.rstrip('.') or '(root)'} contains itself")
+    _path = _path | {id(record)}
+    _count = [0] if _count is None else _count
+    _count[0] += 1  # records visited count too: a tree of empty modules shared along many paths is no cheaper
     attrs = record.attrs()
     out: dict[str, torch.Tensor] = {}
     skip = set(attrs.get("_non_persistent_buffers_set") or ())
@@ -95,12 +115,19 @@ def module_state(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
             if not isinstance(value, torch.Tensor):
                 raise MergeflowError(f"{record.qualname()}: {prefix}{name} is {type(value).__name__}, not a tensor")
             out[prefix + name] = value
+            _count[0] += 1
+            if _count[0] > MAX_STATE_KEYS:
+                raise MergeflowError(f"{record.qualname()}: over {MAX_STATE_KEYS} tensors and modules in the tree "
+                                     "(submodules shared along many paths?)")
     for name, child in (attrs.get("_modules") or {}).items():
         if child is None:
             continue
         if not isinstance(child, Record):
             raise MergeflowError(f"{record.qualname()}: submodule {prefix}{name} is not a module")
-        out.update(module_state(child, f"{prefix}{name}."))
+        if _count[0] > MAX_STATE_KEYS:
+            raise MergeflowError(f"{record.qualname()}: over {MAX_STATE_KEYS} tensors and modules in the tree "
+                                 "(submodules shared along many paths?)")
+        out.update(module_state(child, f"{prefix}{name}.", _path, _count))
     return out
 
 
@@ -153,6 +180,11 @@ def read_open_clip(path: Path) -> SourceModel:
 
 
 def read_head(path: Path) -> SourceHead:
+    """A task's classification head (a pickled module or its weight), read within the loader's boundary."""
+    return _bounded(_read_head, path)
+
+
+def _read_head(path: Path) -> SourceHead:
     """A task_vectors/TALL ``ClassificationHead`` (a pickled ``nn.Linear`` subclass) or its state dict."""
     obj = load_object(path)
     state, _ = _state_of(obj, str(path))

@@ -74,6 +74,36 @@ class Record:
         return f"<record {self.qualname()}>"
 
 
+class _Guarded:
+    """What ``find_class`` hands out for an allowed function: a fresh wrapper per lookup, with no state a
+    file can change. A BUILD opcode on it (which would set attributes, e.g. a function's defaults, for the
+    rest of the process) is refused."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target):
+        object.__setattr__(self, "target", target)
+
+    def __call__(self, *args, **kwargs):
+        return self.target(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise MergeflowError(f"checkpoint: refused to change the loader's {getattr(self.target, '__name__', '?')}")
+
+    def __setattr__(self, name, value):
+        raise MergeflowError("checkpoint: refused to change the loader's functions")
+
+
+# Allowed constructors a file may call with a size: the largest size each may make.
+MAX_BYTEARRAY = 1 << 20
+
+
+def _bytearray(*args):
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool) and args[0] > MAX_BYTEARRAY:
+        raise MergeflowError(f"checkpoint: refused bytearray({args[0]}): over {MAX_BYTEARRAY} bytes")
+    return bytearray(*args)
+
+
 def _record_class(module: str, name: str) -> type[Record]:
     return type(name.replace(".", "_"), (Record,), {"_module": module, "_name": name, "__module__": __name__})
 
@@ -90,15 +120,44 @@ class _StorageType:
         self.dtype = dtype
 
 
+def _check_view(numel: int, offset, size, stride) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """The view's shape, strides and offset as ints, refused before any allocation when it reaches past
+    its storage or would materialise more elements than the storage holds (zero or overlapping strides)."""
+    try:
+        size, stride, offset = tuple(int(x) for x in size), tuple(int(x) for x in stride), int(offset)
+    except (TypeError, ValueError):
+        raise MergeflowError("checkpoint: a tensor's size, stride or offset is not a list of integers") from None
+    if len(size) != len(stride) or any(x < 0 for x in (*size, *stride, offset)):
+        raise MergeflowError(f"checkpoint: a tensor's size {size} and stride {stride} (offset {offset}) are not a "
+                             "view (negative, or of different lengths)")
+    elements = 1
+    for x in size:
+        elements *= x
+    if elements == 0:
+        return size, stride, offset
+    extent = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) + 1
+    if extent > numel:
+        raise MergeflowError(f"checkpoint: a tensor of size {size} and stride {stride} reaches element {extent} of "
+                             f"a storage of {numel}")
+    if elements > numel:
+        raise MergeflowError(f"checkpoint: a tensor of size {size} would materialise {elements} elements from a "
+                             f"storage of {numel} (zero or overlapping strides)")
+    return size, stride, offset
+
+
 def _tensor_from_storage(storage: _Storage, offset: int, size, stride) -> torch.Tensor:
     if storage.data is None:
         raise MergeflowError("checkpoint: a tensor refers to a storage the file never provides")
+    item = torch.empty(0, dtype=storage.dtype).element_size()
+    if len(storage.data) % item:
+        raise MergeflowError(f"checkpoint: a storage of {len(storage.data)} bytes is not whole {storage.dtype} items")
+    size, stride, offset = _check_view(len(storage.data) // item, offset, size, stride)
     if len(storage.data) == 0:
         flat = torch.empty(0, dtype=storage.dtype)
     else:
         flat = torch.frombuffer(bytearray(storage.data), dtype=storage.dtype)
     try:
-        return torch.as_strided(flat, tuple(size), tuple(stride), int(offset)).clone()
+        return torch.as_strided(flat, size, stride, offset).clone()
     except RuntimeError as exc:
         raise MergeflowError(f"checkpoint: a tensor does not fit its storage ({exc})") from None
 
@@ -128,6 +187,7 @@ def _rebuild_parameter(data, *_ignored):
 
 
 def _rebuild_from_type(func, _new_type, args, _state):
+    func = func.target if isinstance(func, _Guarded) else func
     if func not in (_rebuild_tensor, _rebuild_parameter):
         raise MergeflowError("checkpoint: a tensor subclass is rebuilt by an unexpected function")
     return func(*args)
@@ -162,17 +222,35 @@ _ALLOWED = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("builtins", "object"): object,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _reconstructor,
 }
 
 
+def _check_opcodes(stream, source: str) -> None:
+    """Scan the pickle at ``stream``'s position without building anything, then rewind.
+
+    C's unpickler sizes its memo by the largest index a PUT names: one ``LONG_BINPUT 2**31`` in a 20 kB file
+    reserves gigabytes. No honest pickle stores more objects than it has opcodes, so a larger index is refused.
+    """
+    import pickletools
+
+    start = stream.tell()
+    count = 0
+    for opcode, arg, _pos in pickletools.genops(stream):
+        count += 1
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and (not isinstance(arg, int) or not 0 <= arg <= count):
+            raise MergeflowError(f"{source}: a pickle memo index {arg} in a pickle of {count} opcodes")
+    stream.seek(start)
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Resolves only the globals listed above; storages come from ``storages`` (persistent ids)."""
 
     def __init__(self, file, source: str, storage_for=None):
+        _check_opcodes(file, source)
         super().__init__(file, encoding="utf-8")
         self.source, self.storage_for = source, storage_for
 
@@ -182,13 +260,15 @@ class SafeUnpickler(pickle.Unpickler):
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            found = _ALLOWED[(module, name)]
+            # functions are wrapped afresh (a file cannot change them); types and names are immutable
+            return _Guarded(found) if callable(found) and not isinstance(found, type) else found
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         if module == "torch" and name in _DTYPE_NAMES:
             return getattr(torch, name)
         if module == "torch.storage" and name == "_load_from_bytes":
-            return lambda blob: _storage_from_blob(blob, self.source)
+            return _Guarded(lambda blob: _storage_from_blob(blob, self.source))
         if any(module == p or module.startswith(p + ".") for p in INERT_PREFIXES):
             return _record_class(module, name)
         raise MergeflowError(f"{self.source}: refused to load global {module}.{name} (not a tensor, storage or "
@@ -214,15 +294,43 @@ def _dtype_of(storage_type, source: str) -> torch.dtype:
     return storage_type.dtype
 
 
+# What a zip checkpoint's entries may declare (uncompressed): ``byteorder`` is "little" or "big"; all entries
+# together at most ZIP_EXPANSION times the file (torch stores entries uncompressed: 1x; deflated tensors of
+# real weights shrink by well under 2x), plus a small allowance for tiny files.
+MAX_BYTEORDER = 16
+ZIP_EXPANSION = 8
+ZIP_ALLOWANCE = 1 << 20
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, limit: int, source: str) -> bytes:
+    """An entry's bytes, read as a stream and never past ``limit`` nor past what the entry declares."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise MergeflowError(f"{source}: archive entry {name} declares {info.file_size} bytes, over the {limit} "
+                             "allowed")
+    with archive.open(info) as stream:
+        raw = stream.read(info.file_size + 1)
+    if len(raw) != info.file_size:
+        raise MergeflowError(f"{source}: archive entry {name} holds {len(raw)} bytes, not the {info.file_size} "
+                             "it declares")
+    return raw
+
+
 def _load_zip(data: bytes, source: str) -> Any:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
+        infos = archive.infolist()
+        names = [i.filename for i in infos]
+        declared = sum(i.file_size for i in infos)
+        budget = ZIP_EXPANSION * len(data) + ZIP_ALLOWANCE
+        if declared > budget:
+            raise MergeflowError(f"{source}: the archive's entries declare {declared} bytes, over {ZIP_EXPANSION}x "
+                                 f"the file's {len(data)}")
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if not pkl:
             raise MergeflowError(f"{source}: a zip file without data.pkl (not a torch checkpoint)")
         prefix = pkl[0][: -len("data.pkl")]
         order = prefix + "byteorder"
-        if order in names and archive.read(order) != b"little":
+        if order in names and _read_entry(archive, order, MAX_BYTEORDER, source) != b"little":
             raise MergeflowError(f"{source}: big-endian checkpoints are not supported")
         cache: dict[str, _Storage] = {}
 
@@ -230,14 +338,13 @@ def _load_zip(data: bytes, source: str) -> Any:
             storage_type, key, _location, _numel = args[:4]
             key = _ascii(key)
             if key not in cache:
-                try:
-                    raw = archive.read(f"{prefix}data/{key}")
-                except KeyError:
-                    raise MergeflowError(f"{source}: storage {key} missing from the archive") from None
-                cache[key] = _Storage(_dtype_of(storage_type, source), raw)
+                entry = f"{prefix}data/{key}"
+                if entry not in names:
+                    raise MergeflowError(f"{source}: storage {key} missing from the archive")
+                cache[key] = _Storage(_dtype_of(storage_type, source), _read_entry(archive, entry, budget, source))
             return cache[key]
 
-        return SafeUnpickler(io.BytesIO(archive.read(pkl[0])), source, storage_for).load()
+        return SafeUnpickler(io.BytesIO(_read_entry(archive, pkl[0], budget, source)), source, storage_for).load()
 
 
 def _load_legacy(stream: io.BytesIO, source: str) -> Any:
@@ -280,30 +387,34 @@ def _load_legacy(stream: io.BytesIO, source: str) -> Any:
     for part, root, offset, size in views:
         item = torch.empty(0, dtype=root.dtype).element_size()
         part.data = root.data[offset * item:(offset + size) * item] if root.data is not None else None
-    return _materialise(obj, set())
+    return _materialise(obj, {})
 
 
-def _materialise(obj: Any, seen: set[int]) -> Any:
-    """``obj`` with every :class:`_LazyTensor` built (containers and records walked once each)."""
+def _materialise(obj: Any, done: dict[int, Any]) -> Any:
+    """``obj`` with every :class:`_LazyTensor` built. Every object is visited once (``done`` maps an
+    object's id to its result), so structures shared many times cost their size, not their paths."""
+    if id(obj) in done:
+        return done[id(obj)]
     if isinstance(obj, _LazyTensor):
-        return obj.build()
-    if isinstance(obj, tuple):
-        return type(obj)(_materialise(v, seen) for v in obj) if type(obj) is tuple else obj
-    if id(obj) in seen:
-        return obj
-    if isinstance(obj, dict):
-        seen.add(id(obj))
+        done[id(obj)] = obj.build()
+    elif isinstance(obj, tuple):
+        done[id(obj)] = obj  # a tuple that contains itself (through a list) resolves to itself
+        done[id(obj)] = type(obj)(_materialise(v, done) for v in obj) if type(obj) is tuple else obj
+    elif isinstance(obj, dict):
+        done[id(obj)] = obj
         for k in list(obj):
-            obj[k] = _materialise(obj[k], seen)
+            obj[k] = _materialise(obj[k], done)
     elif isinstance(obj, list):
-        seen.add(id(obj))
-        obj[:] = [_materialise(v, seen) for v in obj]
+        done[id(obj)] = obj
+        obj[:] = [_materialise(v, done) for v in obj]
     elif isinstance(obj, Record):
-        seen.add(id(obj))
-        obj.args = _materialise(obj.args, seen)
-        obj.kwargs = _materialise(dict(obj.kwargs), seen)
-        obj.state = _materialise(obj.state, seen)
-    return obj
+        done[id(obj)] = obj
+        obj.args = _materialise(obj.args, done)
+        obj.kwargs = _materialise(dict(obj.kwargs), done)
+        obj.state = _materialise(obj.state, done)
+    else:
+        return obj
+    return done[id(obj)]
 
 
 def _storage_from_blob(blob: bytes, source: str) -> _Storage:
@@ -331,8 +442,12 @@ def load_object_bytes(data: bytes, source: str) -> Any:
         if first == _LEGACY_MAGIC:
             return _load_legacy(io.BytesIO(data), source)
         return first
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, zipfile.BadZipFile, struct.error) as exc:
-        raise MergeflowError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    except MergeflowError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise MergeflowError(f"{source}: {str(exc).removeprefix('checkpoint: ')}") from exc
+    except Exception as exc:  # noqa: BLE001 - the one boundary: whatever a file makes go wrong is bad input
+        raise MergeflowError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def load_object(path: str | Path) -> Any:
