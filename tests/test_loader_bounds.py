@@ -167,3 +167,50 @@ def test_a_file_cannot_change_the_loaders_functions(tmp_path):
     assert safe_pickle._rebuild_tensor.__defaults__ == before
     honest = _torch_zip(tmp_path, "after.pt", _tensor_pickle((1,), (1,)), {"data/0": struct.pack("<f", 2.5)})
     assert load_object(honest).tolist() == [2.5]
+
+
+# --- safetensors and Hugging Face folders -------------------------------------------------------------------
+def _safetensors(tmp_path, name: str, header: dict, data: bytes):
+    import json
+
+    blob = json.dumps(header).encode()
+    return _write(tmp_path, name, struct.pack("<Q", len(blob)) + blob + data)
+
+
+@pytest.mark.parametrize("header,data,name", [
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "truncated"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}, b"\0" * 8, "offsets past the end"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlapping"),
+    ({"w": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 8]}}, b"\0" * 8, "absurd shape"),
+])
+def test_malformed_safetensors_are_one_line_before_any_large_allocation(tmp_path, header, data, name):
+    from mergeflow.io import load_tensors
+
+    path = _safetensors(tmp_path, name.replace(" ", "_") + ".safetensors", header, data)
+    tracemalloc.start()
+    with pytest.raises(MergeflowError, match="unreadable or truncated safetensors file") as info:
+        load_tensors(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(path) in str(info.value) and "\n" not in str(info.value) and peak < 16 * 2 ** 20
+
+
+def test_a_config_with_absurd_sizes_is_refused_before_building(tmp_path):
+    from mergeflow.families import get_family
+    from mergeflow.io import save_tensors, write_json
+
+    hf = get_family("hf-encoder")
+    cfg = {"model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 12}
+    save_tensors(tmp_path / "model.safetensors", hf.build(cfg).state_dict())
+    write_json(tmp_path / "config.json", {**cfg, "intermediate_size": 10 ** 9})
+    with pytest.raises(MergeflowError, match=r"config.json: intermediate_size is 1000000000 but the weights have 16"):
+        hf.load(tmp_path)
+    write_json(tmp_path / "config.json", cfg)
+    assert hf.load(tmp_path).config.hidden_size == 8
+    big = tmp_path / "clip"
+    big.mkdir()
+    (big / "config.json").write_text("{" + " " * (2 << 20) + "}")
+    with pytest.raises(MergeflowError, match=r"config.json: over 1048576 bytes"):
+        community.read_model("hf", big)

@@ -10,6 +10,7 @@ reading the first token. ``position_ids``/``token_type_ids`` are index buffers s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mergeflow import _torchvision_compat  # noqa: F401  (must precede transformers, which imports torchvision)
@@ -53,7 +54,9 @@ def load(folder: str | Path, num_labels: int | None = None):
     from mergeflow.io import load_tensors, read_json
 
     folder = Path(folder)
-    model = build(read_json(folder / "config.json"), num_labels)
+    config = read_json(folder / "config.json")
+    check_config(config, _shapes(folder / "model.safetensors"), str(folder / "config.json"))
+    model = build(config, num_labels)
     state = {k: v for k, v in load_tensors(folder / "model.safetensors").items()
              if HF_ENCODER.unit(k).kind != "excluded"}
     prefix = model.base_model_prefix
@@ -65,6 +68,42 @@ def load(folder: str | Path, num_labels: int | None = None):
         key = (missing or unexpected)[0]
         raise MergeflowError(f"{folder / 'model.safetensors'}: {key} is {'missing' if missing else 'unexpected'}")
     return model.eval()
+
+
+def _shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a safetensors header, without reading the tensors."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise MergeflowError(f"{file}: file not found")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors' own errors come as several types
+        raise MergeflowError(f"{file}: unreadable safetensors header ({str(exc).splitlines()[0][:160]})") from None
+
+
+def check_config(config: dict, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """The sizes ``config`` would allocate must be the ones the weights have: a config whose vocabulary,
+    width, depth or feed-forward size disagrees with the file is refused before anything is built."""
+    if not isinstance(config, dict):
+        raise MergeflowError(f"{source}: not a JSON object")
+    def find(suffix: str) -> tuple[int, ...] | None:
+        return next((shape for key, shape in shapes.items() if key.endswith(suffix)), None)
+    word = find("embeddings.word_embeddings.weight")
+    ffn = find("layer.0.intermediate.dense.weight")
+    layers = {int(m.group(1)) for key in shapes for m in [re.search(r"encoder\.layer\.(\d+)\.", key)] if m}
+    expected = {"vocab_size": word[0] if word else None, "hidden_size": word[1] if word else None,
+                "intermediate_size": ffn[0] if ffn else None,
+                "num_hidden_layers": max(layers) + 1 if layers else None}
+    for key, value in expected.items():
+        given = config.get(key)
+        if value is not None and given != value:
+            raise MergeflowError(f"{source}: {key} is {given!r} but the weights have {value}")
+    position = find("embeddings.position_embeddings.weight")
+    if position is not None and config.get("max_position_embeddings") != position[0]:
+        raise MergeflowError(f"{source}: max_position_embeddings is {config.get('max_position_embeddings')!r} but "
+                             f"the weights have {position[0]}")
 
 
 RULES = (

@@ -268,12 +268,19 @@ def hf_activation(config: dict) -> str:
     return act
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
+
+
 def read_hf(folder: Path) -> SourceModel:
     """A Hugging Face CLIP folder, mapped to open_clip's names."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise MergeflowError(f"{folder}: no config.json (a Hugging Face model folder)")
+    if (folder / "config.json").stat().st_size > MAX_CONFIG_BYTES:
+        raise MergeflowError(f"{folder / 'config.json'}: over {MAX_CONFIG_BYTES} bytes; not a model configuration")
     config = json.loads((folder / "config.json").read_text())
+    if not isinstance(config, dict):
+        raise MergeflowError(f"{folder / 'config.json'}: not a JSON object")
     state = _hf_state(folder)
     vision, text, top = {}, {}, {}
     for key, value in state.items():
