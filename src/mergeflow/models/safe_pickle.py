@@ -25,6 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mergeflow.errors import MergeflowError
@@ -151,13 +152,22 @@ def _tensor_from_storage(storage: _Storage, offset: int, size, stride) -> torch.
     item = torch.empty(0, dtype=storage.dtype).element_size()
     if len(storage.data) % item:
         raise MergeflowError(f"checkpoint: a storage of {len(storage.data)} bytes is not whole {storage.dtype} items")
-    size, stride, offset = _check_view(len(storage.data) // item, offset, size, stride)
+    numel = len(storage.data) // item
+    size, stride, offset = _check_view(numel, offset, size, stride)
     if len(storage.data) == 0:
-        flat = torch.empty(0, dtype=storage.dtype)
-    else:
-        flat = torch.frombuffer(bytearray(storage.data), dtype=storage.dtype)
+        return torch.empty(size, dtype=storage.dtype)
+    data = storage.data if isinstance(storage.data, bytearray | memoryview) else bytearray(storage.data)
+    if isinstance(data, memoryview) and data.readonly:
+        data = bytearray(data)
+    flat = torch.frombuffer(data, dtype=storage.dtype)  # shares the bytes read from the file: no copy
+    contiguous = tuple(torch.empty(size, device="meta").stride()) if size else ()
+    elements = 1
+    for x in size:
+        elements *= x
+    if offset == 0 and elements == numel and stride == contiguous:
+        return flat.view(size)  # the whole storage in order, as torch writes most tensors
     try:
-        return torch.as_strided(flat, size, stride, offset).clone()
+        return torch.as_strided(flat, size, stride, offset).clone()  # a part: at most the storage's size
     except RuntimeError as exc:
         raise MergeflowError(f"checkpoint: a tensor does not fit its storage ({exc})") from None
 
@@ -308,23 +318,44 @@ def _read_entry(archive: zipfile.ZipFile, name: str, limit: int, source: str) ->
     if info.file_size > limit:
         raise MergeflowError(f"{source}: archive entry {name} declares {info.file_size} bytes, over the {limit} "
                              "allowed")
+    raw = memoryview(np.empty(info.file_size, dtype=np.uint8))  # filled by the read: no zeroing pass
+    if info.compress_type == zipfile.ZIP_STORED:
+        return _read_stored(archive, info, raw, source)
     with archive.open(info) as stream:
-        raw = stream.read(info.file_size + 1)
-    if len(raw) != info.file_size:
-        raise MergeflowError(f"{source}: archive entry {name} holds {len(raw)} bytes, not the {info.file_size} "
-                             "it declares")
+        got = stream.readinto(raw)
+        extra = stream.read(1)
+    if got != info.file_size or extra:
+        raise MergeflowError(f"{source}: archive entry {name} holds {'more' if extra else got} bytes, not the "
+                             f"{info.file_size} it declares")
     return raw
 
 
-def _load_zip(data: bytes, source: str) -> Any:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+def _read_stored(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: memoryview, source: str) -> memoryview:
+    """An uncompressed entry (torch writes all of them so) read straight into ``out`` from the file, without
+    zipfile's intermediate copies and CRC pass: the imported file's SHA-256 is what the pipeline records."""
+    fp = archive.fp
+    fp.seek(info.header_offset)
+    header = fp.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise MergeflowError(f"{source}: archive entry {info.filename} has no local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    fp.seek(info.header_offset + 30 + name_len + extra_len)
+    if info.compress_size != info.file_size or fp.readinto(out) != info.file_size:
+        raise MergeflowError(f"{source}: archive entry {info.filename} holds fewer bytes than the "
+                             f"{info.file_size} it declares")
+    return out
+
+
+def _load_zip(file, size: int, source: str) -> Any:
+    """A torch zip checkpoint from ``file`` (a path or a binary stream of ``size`` bytes)."""
+    with zipfile.ZipFile(file) as archive:
         infos = archive.infolist()
         names = [i.filename for i in infos]
         declared = sum(i.file_size for i in infos)
-        budget = ZIP_EXPANSION * len(data) + ZIP_ALLOWANCE
+        budget = ZIP_EXPANSION * size + ZIP_ALLOWANCE
         if declared > budget:
             raise MergeflowError(f"{source}: the archive's entries declare {declared} bytes, over {ZIP_EXPANSION}x "
-                                 f"the file's {len(data)}")
+                                 f"the file's {size}")
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if not pkl:
             raise MergeflowError(f"{source}: a zip file without data.pkl (not a torch checkpoint)")
@@ -347,7 +378,15 @@ def _load_zip(data: bytes, source: str) -> Any:
         return SafeUnpickler(io.BytesIO(_read_entry(archive, pkl[0], budget, source)), source, storage_for).load()
 
 
-def _load_legacy(stream: io.BytesIO, source: str) -> Any:
+def remaining(stream) -> int:
+    """Bytes left in a seekable stream."""
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end - here
+
+
+def _load_legacy(stream, source: str) -> Any:
     """torch's pre-1.6 format: magic, protocol, system info, the object, its storage keys, then raw storages."""
     plain = lambda: SafeUnpickler(stream, source).load()  # noqa: E731 - the header pickles hold only numbers
     if plain() != _LEGACY_MAGIC:
@@ -380,13 +419,15 @@ def _load_legacy(stream: io.BytesIO, source: str) -> Any:
             raise MergeflowError(f"{source}: truncated storage {key}")
         (count,) = struct.unpack("<q", head)
         item = torch.empty(0, dtype=storages[key].dtype).element_size()
-        raw = stream.read(count * item)
-        if len(raw) != count * item:
+        if not 0 <= count * item <= remaining(stream):
+            raise MergeflowError(f"{source}: truncated storage {key}")
+        raw = bytearray(count * item)
+        if stream.readinto(raw) != len(raw):
             raise MergeflowError(f"{source}: truncated storage {key}")
         storages[key].data = raw
     for part, root, offset, size in views:
         item = torch.empty(0, dtype=root.dtype).element_size()
-        part.data = root.data[offset * item:(offset + size) * item] if root.data is not None else None
+        part.data = memoryview(root.data)[offset * item:(offset + size) * item] if root.data is not None else None
     return _materialise(obj, {})
 
 
@@ -427,12 +468,54 @@ def _storage_from_blob(blob: bytes, source: str) -> _Storage:
     return inner
 
 
+class _Capped(io.RawIOBase):
+    """A file read as a stream whose reads never ask for more than the file has left: a buffered file
+    allocates what ``read(n)`` asks for before it knows there is less, and a pickle's length fields are
+    the file's to choose."""
+
+    def __init__(self, raw, size: int):
+        super().__init__()
+        self.raw, self.size = raw, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def _left(self, n: int | None) -> int:
+        left = max(0, self.size - self.raw.tell())
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self.raw.read(self._left(n))
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        return self.raw.readinto(view[:self._left(len(view))])
+
+    def readline(self, limit: int | None = -1) -> bytes:
+        return self.raw.readline(self._left(limit))
+
+
 def load_object_bytes(data: bytes, source: str) -> Any:
     """The object in a torch checkpoint's bytes (zip, legacy or raw pickle), with inert records for modules."""
+    return _load_stream(io.BytesIO(data), len(data), source)
+
+
+def _load_stream(stream, size: int, source: str) -> Any:
+    """The object in a seekable binary stream holding a checkpoint of ``size`` bytes (read, never whole)."""
     try:
-        if data[:4] == b"PK\x03\x04":
-            return _load_zip(data, source)
-        stream = io.BytesIO(data)
+        if stream.read(4) == b"PK\x03\x04":
+            stream.seek(0)
+            return _load_zip(stream, size, source)
+        stream.seek(0)
         try:
             first = SafeUnpickler(stream, source).load()
         except MergeflowError:
@@ -440,7 +523,8 @@ def load_object_bytes(data: bytes, source: str) -> Any:
         except Exception as exc:  # noqa: BLE001 - any malformed pickle is a user error
             raise MergeflowError(f"{source}: not a torch checkpoint or pickle ({type(exc).__name__}: {exc})") from None
         if first == _LEGACY_MAGIC:
-            return _load_legacy(io.BytesIO(data), source)
+            stream.seek(0)
+            return _load_legacy(stream, source)
         return first
     except MergeflowError as exc:
         if str(exc).startswith(source):
@@ -455,4 +539,6 @@ def load_object(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise MergeflowError(f"{path}: not found")
-    return load_object_bytes(path.read_bytes(), str(path))
+    size = path.stat().st_size
+    with path.open("rb") as stream:
+        return _load_stream(_Capped(stream, size), size, str(path))
