@@ -214,3 +214,8 @@ def test_a_config_with_absurd_sizes_is_refused_before_building(tmp_path):
     (big / "config.json").write_text("{" + " " * (2 << 20) + "}")
     with pytest.raises(MergeflowError, match=r"config.json: over 1048576 bytes"):
         community.read_model("hf", big)
+
+
+def test_a_storage_entry_larger_than_its_storage_is_refused(tmp_path):
+    path = _torch_zip(tmp_path, "wide.pt", _tensor_pickle((1,), (1,), numel=1), {"data/0": b"\0" * 4096})
+    _refused(path, r"archive entry archive/data/0 declares 4096 bytes for a storage of 1 torch.float32 elements")

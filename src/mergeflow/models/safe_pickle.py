@@ -366,13 +366,19 @@ def _load_zip(file, size: int, source: str) -> Any:
         cache: dict[str, _Storage] = {}
 
         def storage_for(args):
-            storage_type, key, _location, _numel = args[:4]
+            storage_type, key, _location, numel = args[:4]
             key = _ascii(key)
             if key not in cache:
                 entry = f"{prefix}data/{key}"
                 if entry not in names:
                     raise MergeflowError(f"{source}: storage {key} missing from the archive")
-                cache[key] = _Storage(_dtype_of(storage_type, source), _read_entry(archive, entry, budget, source))
+                dtype = _dtype_of(storage_type, source)
+                # the entry may hold no more than the storage the pickle describes (torch writes it exactly)
+                nbytes = int(numel) * torch.empty(0, dtype=dtype).element_size() if isinstance(numel, int) else -1
+                if archive.getinfo(entry).file_size > max(nbytes, 0):
+                    raise MergeflowError(f"{source}: archive entry {entry} declares {archive.getinfo(entry).file_size}"
+                                         f" bytes for a storage of {numel} {dtype} elements")
+                cache[key] = _Storage(dtype, _read_entry(archive, entry, budget, source))
             return cache[key]
 
         return SafeUnpickler(io.BytesIO(_read_entry(archive, pkl[0], budget, source)), source, storage_for).load()
