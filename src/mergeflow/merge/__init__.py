@@ -32,6 +32,7 @@ from mergeflow.merge import (  # noqa: F401  (each import registers its method)
     emr,
     fisher,
     iso_c,
+    iso_cts,
     lot,
     pcb,
     regmean,
