@@ -52,8 +52,9 @@ def merge_by_unit(pretrained, experts, delta: Callable[[str, list[torch.Tensor]]
         pre = pretrained[key]
         if not pre.is_floating_point():
             return pre.clone()
-        base = pre.to(COMPUTE)
-        return (base + scale * delta(key, [experts[t][key].to(COMPUTE) - base for t in tasks])).to(pre.dtype)
+        dtype = torch.promote_types(pre.dtype, COMPUTE)  # float32, or float64 for float64 weights
+        base = pre.to(dtype)
+        return (base + scale * delta(key, [experts[t][key].to(dtype) - base for t in tasks])).to(pre.dtype)
 
     keys = list(pretrained)
     workers = torch.get_num_threads() if workers is None else workers
