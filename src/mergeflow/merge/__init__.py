@@ -44,6 +44,7 @@ from mergeflow.merge import (  # noqa: F401  (each import registers its method)
     ties,
     tsv,
     weight_averaging,
+    wudi,
 )
 from mergeflow.merge.context import TaskData
 from mergeflow.merge.plugins import load_plugins
