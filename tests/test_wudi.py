@@ -4,7 +4,7 @@ import torch
 
 from conftest import perturbed
 from mergeflow.merge import merge
-from mergeflow.merge.wudi import wudi_loss, wudi_terms, wudi_unit
+from mergeflow.merge.wudi import wudi_terms, wudi_unit
 
 UNIT = "transformer.resblocks.0.mlp.c_fc.weight"
 
