@@ -30,6 +30,7 @@ from mergeflow.merge import (  # noqa: F401  (each import registers its method)
     cart,
     cat,
     dare,
+    doge_ta,
     emr,
     fisher,
     iso_c,
