@@ -27,6 +27,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, get_family
 from mergeflow.merge import (  # noqa: F401  (each import registers its method)
     adamerging,
+    awd,
     cart,
     cat,
     dare,
