@@ -137,7 +137,7 @@ def paper_comparison(cfg, summary: pd.DataFrame, long: pd.DataFrame) -> dict | N
         ours = [100 * float(acc.loc[model, t]) for t in cfg.tasks] + [
             100 * float(summary.loc[summary["model"] == model, "average"].iloc[0])]
         rows.append({"model": model, "label": summary.loc[summary["model"] == model, "label"].iloc[0],
-                     "cells": [(o, p, o - p) for o, p in zip(ours, values, strict=True)]})
+                     "cells": [(o, p, None if p is None else o - p) for o, p in zip(ours, values, strict=True)]})
     return {"source": published["source"], "arch": cfg.raw["model"]["arch"], "rows": rows}
 
 

@@ -1,4 +1,4 @@
-"""The CAT and LOT papers' claims, checked against one run's results.
+"""The CAT and LOT papers' claims (and the 2025 methods' own), checked against one run's results.
 
 Each claim is a comparison of average test accuracy (or of the spread of per-task drops) between runs of
 the same pipeline. A claim whose runs are missing is "not run"; one that does not hold is "failed" and
@@ -89,4 +89,11 @@ def check_claims(summary: pd.DataFrame, lot_exemplar_runs: dict[int, str]) -> li
         _beats(summary, "LOT beats CAT", "LOT Table 1", "lot", "cat"),
         _lowest_drop_std(summary, single),
         _lot_exemplars(summary, lot_exemplar_runs),
+        # the 2025 training-free methods' own claims (algorithms.md §7)
+        _beats(summary, "Iso-CTS beats Iso-C", "Marczak et al. 2025, Table 4", "iso_cts", "iso_c"),
+        _beats(summary, "WUDI-Merging beats task arithmetic without a tuned scale", "Cheng et al. 2025, README",
+               "wudi", "task_arithmetic"),
+        _beats(summary, "CART beats task arithmetic", "Choi et al., README", "cart", "task_arithmetic"),
+        _beats(summary, "DOGE-TA beats task arithmetic", "Wei et al. 2025, abstract", "doge_ta", "task_arithmetic"),
+        _beats(summary, "AWD beats task arithmetic", "LOT Table 1 (AWD row)", "awd", "task_arithmetic"),
     ]
