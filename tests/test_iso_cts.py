@@ -5,7 +5,7 @@ import torch
 
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import merge
-from mergeflow.merge.iso_c import isotropic
+from mergeflow.merge.common import isotropic
 from mergeflow.merge.iso_cts import iso_cts_unit, subspace_sizes
 
 

@@ -56,7 +56,7 @@ def redundant_vector(tau: torch.Tensor, *, reg: float, lr: float, steps: int, in
 
 @register("awd", "AWD", "Xiong et al., Multi-task model merging via adaptive weight disentanglement, "
           "arXiv 2411.18729",
-          {"alpha": alpha("auto", "task arithmetic's scale of the disentangled vectors"),
+          {"alpha": alpha(0.3, "task arithmetic's scale of the disentangled vectors (params.yaml: auto)"),
            "reg": HParam(0.1, float, "weight a of the norm penalty a·||δ||", low=0.0),
            "lr": HParam(0.01, float, "gradient-descent step β", low=0.0, high=100.0, open_low=True),
            "steps": HParam(300, int, "gradient-descent iterations", low=0, high=100000),

@@ -190,6 +190,12 @@ def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (md @ (vecs / vals.sqrt().to(m.device)) @ vecs.t()).to(m.dtype), s.to(m.dtype)
 
 
+def isotropic(m: torch.Tensor) -> torch.Tensor:
+    """``U diag(mean σ) Vᵀ`` of ``m``: its spectrum flattened (Iso-C, and Iso-CTS where it falls back to it)."""
+    q, s = polar_factor(m)
+    return s.mean() * q
+
+
 def top_singular(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top ``r`` singular triplets of ``m``: ``U_r`` (m×r), ``σ_r`` (descending), ``V_r`` (n×r).
 

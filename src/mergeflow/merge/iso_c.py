@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mergeflow.merge.common import merge_by_unit, polar_factor
+from mergeflow.merge.common import isotropic, merge_by_unit
 from mergeflow.merge.registry import alpha, register
-
-
-def isotropic(m: torch.Tensor) -> torch.Tensor:
-    """``U diag(mean σ) Vᵀ`` of ``m``."""
-    q, s = polar_factor(m)
-    return s.mean() * q
 
 
 @register("iso_c", "Iso-C", "Marczak et al., No task left behind: isotropic model merging, ICML 2025",

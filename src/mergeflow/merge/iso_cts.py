@@ -7,8 +7,7 @@ import math
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import merge_by_unit
-from mergeflow.merge.iso_c import isotropic
+from mergeflow.merge.common import isotropic, merge_by_unit
 from mergeflow.merge.registry import HParam, alpha, register
 
 

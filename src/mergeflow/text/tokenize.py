@@ -44,20 +44,20 @@ def load_tokenizer(path: str | Path):
         raise MergeflowError(f"{path}: not a tokenizer.json ({str(exc).splitlines()[0][:120]})") from None
 
 
-def pad_id(tokenizer) -> int:
-    for token in ("<pad>", "[PAD]"):
+def _special_id(tokenizer, names: tuple[str, ...], what: str) -> int:
+    for token in names:
         found = tokenizer.token_to_id(token)
         if found is not None:
             return found
-    raise MergeflowError("tokenizer: no padding token (<pad> or [PAD])")
+    raise MergeflowError(f"tokenizer: no {what} token ({' or '.join(names)})")
+
+
+def pad_id(tokenizer) -> int:
+    return _special_id(tokenizer, ("<pad>", "[PAD]"), "padding")
 
 
 def mask_id(tokenizer) -> int:
-    for token in ("<mask>", "[MASK]"):
-        found = tokenizer.token_to_id(token)
-        if found is not None:
-            return found
-    raise MergeflowError("tokenizer: no mask token (<mask> or [MASK])")
+    return _special_id(tokenizer, ("<mask>", "[MASK]"), "mask")
 
 
 def check_matches(tokenizer, vocab_size: int, source: str) -> None:
