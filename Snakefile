@@ -13,20 +13,18 @@ include: "workflow/rules/common.smk"
 
 validate(config, "workflow/schemas/params.schema.yaml")
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/models.smk"
-include: "workflow/rules/features.smk"
-include: "workflow/rules/merge.smk"
-include: "workflow/rules/report.smk"
+# one suite per configuration (mergeflow.config): its rules, and its TARGETS
+if CFG.suite == "text":
+
+    include: "workflow/rules/text.smk"
+
+else:
+
+    include: "workflow/rules/vision.smk"
 
 
-# Every product is a target, not only the report: Snakemake does not rerun a job whose outputs are present
-# for an input that is missing (how temp() files work), so after an interrupted forced merge the report
-# alone would count as up to date while that run's model and metrics were gone.
+# Every product of the suite (TARGETS, from its rule file) is a target: see vision.smk.
 rule all:
     default_target: True
     input:
-        "reports/report.html",
-        expand("models/merged/{run}.safetensors", run=RUNS),
-        expand("reports/metrics/{model}.json", model=CFG.models()),
-        expand("reports/evaluation/{model}.json", model=CFG.models()),
+        TARGETS,

@@ -104,6 +104,28 @@ HANDLERS = {
 }
 
 
+# the text suite's stages (`suite: text`): the same commands, run by mergeflow.stages.text
+_TEXT = "mergeflow.stages.text"
+TEXT_HANDLERS = {
+    "fetch": (_TEXT, lambda m, cfg, args: m.fetch(cfg, _tasks(args, cfg))),
+    "prepare": (_TEXT, _each_task(lambda m, cfg, args, task: m.prepare(cfg, task))),
+    "pretrain": (_TEXT, lambda m, cfg, args: print(m.pretrain(cfg, args.tag, args.out, args.steps))),
+    "base": (_TEXT, lambda m, cfg, args: m.base(cfg)),
+    "finetune": (_TEXT, lambda m, cfg, args: m.finetune_tasks(cfg, _tasks(args, cfg))),
+    "exemplars": (_TEXT, _each_task(lambda m, cfg, args, task: m.exemplars(cfg, task, args.seed))),
+    "features": (_TEXT, _each_task(lambda m, cfg, args, task: m.features(cfg, task, args.variant))),
+    "merge": (_TEXT, _merge),
+    "evaluate": (_TEXT, lambda m, cfg, args: [m.evaluate(cfg, model) for model in args.model]),
+    "report": ("mergeflow.text.report", lambda m, cfg, args: m.build_text_report(cfg)),
+    "dag": HANDLERS["dag"],
+}
+
+
+def handlers(suite: str) -> dict:
+    """The stage table of a suite."""
+    return TEXT_HANDLERS if suite == "text" else HANDLERS
+
+
 # stages that never touch a model: no device to check
 NO_DEVICE = {"dag", "report", "tasks-figure"}
 
@@ -115,9 +137,10 @@ def _run(args: argparse.Namespace) -> None:
 
     cfg = config.load(args.params)
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
-        from mergeflow.data import get_task
+        if cfg.suite == "vision":
+            from mergeflow.data import get_task
 
-        get_task(args.task)  # unknown name: lists the known tasks
+            get_task(args.task)  # unknown name: lists the known tasks
         raise config.MergeflowError(f"task {args.task!r} is not in data.tasks of {args.params}")
     if os.environ.get("DVC_STAGE") and args.stage != "dag":
         # run by DVC (in the folder of the dvc.yaml it read; a queued experiment's DVC_ROOT names another):
@@ -131,7 +154,11 @@ def _run(args: argparse.Namespace) -> None:
         from mergeflow.device import resolve
 
         resolve("cuda")
-    module, handler = HANDLERS[args.stage]
+    table = handlers(cfg.suite)
+    if args.stage not in table:
+        raise config.MergeflowError(f"`mergeflow {args.stage}` is a stage of the vision suite only; {args.params} "
+                                    f"is a {cfg.suite} configuration")
+    module, handler = table[args.stage]
     handler(importlib.import_module(module), cfg, args)
 
 

@@ -8,6 +8,7 @@ engines agree on them.
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import math
 from dataclasses import dataclass, field
@@ -118,6 +119,11 @@ class Config:
         raise AttributeError(section)
 
     @property
+    def suite(self) -> str:
+        """``vision`` (open_clip image encoders, the default) or ``text`` (:mod:`mergeflow.stages.text`)."""
+        return self.raw.get("suite", "vision")
+
+    @property
     def tasks(self) -> list[str]:
         return list(self.raw["data"]["tasks"])
 
@@ -210,7 +216,9 @@ def _check_names_and_paths(cfg: Config) -> None:
     if not SAFE_NAME.fullmatch(str(raw["name"])):
         raise MergeflowError(f"{src}: name = {raw['name']!r}: must be a name of letters, digits and _ . + -")
     arch = raw["model"]["arch"]
-    if not SAFE_NAME.fullmatch(arch) or config_file(arch) is None:
+    if not SAFE_NAME.fullmatch(arch):
+        raise MergeflowError(f"{src}: model.arch = {arch!r}: must be a name of letters, digits and _ . + -")
+    if cfg.suite == "vision" and config_file(arch) is None:
         raise MergeflowError(f"{src}: model.arch = {arch!r}: unknown architecture (ours: mf-vit-micro, mf-vit-small, "
                              "...; open_clip's: ViT-B-32, ViT-B-16, ViT-L-14, ...)")
     pretrained = raw["model"]["pretrained"]
@@ -249,7 +257,11 @@ def _check_semantics(cfg: Config) -> None:
     if bad is not None:
         raise MergeflowError(f"{src}: {bad} = {_lookup(cfg.raw, bad)!r}: must be a finite number")
     _check_names_and_paths(cfg)
-    for task in cfg.tasks:
+    if cfg.suite == "text":
+        # by name, not by an import statement: mergeflow.dag counts imports as code dependencies, and no vision
+        # stage runs this check (the text stages import the module themselves)
+        importlib.import_module("mergeflow.text.checks").check(cfg)
+    for task in cfg.tasks if cfg.suite == "vision" else ():
         if task not in TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
     for task in (cfg.raw["model"].get("import") or {}).get("tasks") or {}:

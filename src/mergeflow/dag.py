@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from mergeflow.cli import HANDLERS
+from mergeflow.cli import HANDLERS, TEXT_HANDLERS
 from mergeflow.config import SWEEP_SEP, Config
 from mergeflow.errors import MergeflowError
 from mergeflow.families import FAMILIES
@@ -157,13 +157,14 @@ def _files(modules: frozenset[str], root: Path) -> list[str]:
     return sorted(r for r in rel if not r.startswith(".."))
 
 
-def stage_code(stage: str, root: str | Path = ".", method: str | None = None) -> list[str]:
+def stage_code(stage: str, root: str | Path = ".", method: str | None = None, suite: str = "vision") -> list[str]:
     """Source files (relative to ``root``) that ``stage`` executes; for a merge, those of ``method``'s runs.
 
     Files outside ``root`` (a package installed elsewhere than this checkout) are left out: DVC and
     Snakemake track files of the workspace only.
     """
-    roots = ["mergeflow.cli", *(HANDLERS[c][0] for c in STAGE_COMMANDS[stage])]
+    table = TEXT_HANDLERS if suite == "text" else HANDLERS
+    roots = ["mergeflow.cli", *(table[c][0] for c in STAGE_COMMANDS[stage])]
     if method is not None:
         roots.append(method_modules()[method])
     return _files(_closure(tuple(roots)), Path(root))
@@ -352,6 +353,121 @@ def dvc_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     return stages
 
 
+TEXT_STAGE_DESC = {
+    "fetch": "GLUE tasks downloaded with `datasets` (generated tasks are drawn when prepared)",
+    "base": "the text encoder: shipped (mergeflow pretrain), pre-trained here by masked LM, packaged or a folder",
+    "prepare": "train/val/test token splits of every text task, with the base's tokenizer",
+    "finetune": "one sequence-classification expert per task: the whole body and a new head",
+    "exemplars": "seeded exemplar indices per text task",
+    "features": "token statistics <kind>-a<expert scale>-n<exemplars>-s<seed> (padding never counted)",
+    "reference": "the pre-trained body with each expert's head, and the experts, scored by each task's GLUE metric",
+    "report": "the text suite's table, regime checks and claims: reports/text/",
+}
+
+
+def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
+    """The text suite's stages (``text-<stage>``): the vision DAG's shape over :data:`mergeflow.paths.TEXT`."""
+    from mergeflow.paths import TEXT as L
+
+    code = {stage: stage_code(stage, root, suite="text") for stage in STAGE_COMMANDS
+            if stage not in ("merge", "import", "heads")}
+    d = TEXT_STAGE_DESC
+    base, prepared, experts = L.base.as_posix(), L.prepared_dir.as_posix(), L.experts.as_posix()
+    data = cfg.raw["data"]
+    glue = [t for t in cfg.tasks if text_task_kind(t) == "glue"]
+    raw = []
+    stages: dict[str, dict] = {}
+    if glue and data["download"]:
+        raw = [f"${{data.raw_dir}}/{t}" for t in glue]
+        stages["text-fetch"] = _stage(d["fetch"], "mergeflow fetch", [], ["data.tasks", "data.raw_dir"],
+                                      code["fetch"], outs=raw)
+    elif glue:
+        raw = [data["local_dir"]]
+    pretrained = cfg.raw["model"]["pretrained"]
+    base_deps = [] if pretrained in (None, "packaged") else ["src/mergeflow/models/pretrained"]
+    if pretrained not in (None, "packaged") and is_path_like(pretrained):
+        base_deps = [pretrained]
+    stages["text-base"] = _stage(d["base"], "mergeflow base", base_deps,
+                                 ["seed", "model", "pretrain", "data.max_length"], code["base"], outs=[base])
+    stages["text-prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
+                                    ["data.tasks", "data.val_fraction", "data.max_val", "data.split_seed",
+                                     "data.generate", "data.max_length"], code["prepare"], outs=[prepared])
+    stages["text-finetune"] = _stage(d["finetune"], "mergeflow finetune", [base, prepared],
+                                     ["data.tasks", "finetune", "evaluate.batch_size"], code["finetune"],
+                                     outs=[experts])
+    stages["text-exemplars"] = _stage(d["exemplars"], "mergeflow exemplars", [prepared], ["exemplars"],
+                                      code["exemplars"], outs=[L.exemplars_dir.as_posix()])
+    feature_deps = [base, experts, L.exemplars_dir.as_posix(), prepared]
+    resolved = {m: METHODS[m].resolve(cfg.block(m)) for m in {*cfg.raw["merge"]["methods"], *cfg.raw["sweeps"]}}
+    variants: list[str] = []
+    for method in cfg.raw["merge"]["methods"]:
+        for need in _needs(cfg, METHODS[method], resolved[method]):
+            name = _variant(cfg, method, need)
+            if name not in variants:
+                variants.append(name)
+    features = L.features_dir.as_posix()
+    if variants:
+        stages["text-features"] = _stage(d["features"], "mergeflow features --variant '${item.variant}'",
+                                         feature_deps, ["features", "evaluate.scale_grid"], code["features"],
+                                         matrix={"variant": variants}, outs=[f"{features}/${{item.variant}}"])
+    for method, sweeps in cfg.raw["sweeps"].items():
+        spec = METHODS[method]
+        for param in sweeps:
+            moved = [n for n in _needs(cfg, spec, resolved[method]) if param in (n.scale, n.count)]
+            for need in moved:
+                name = _variant(cfg, method, need, param)
+                stage = f"text-features_sweep_{method}_{param}" + (f"_{need.kind}" if len(moved) > 1 else "")
+                stages[stage] = _stage(None, f"mergeflow features --variant '{name}'", feature_deps,
+                                       ["features", "evaluate.scale_grid"], code["features"],
+                                       matrix={"value": f"${{sweeps.{method}.{param}}}"},
+                                       outs=[f"{features}/{name}"])
+
+    def report_files(run: str) -> dict:
+        return {"outs": [L.merged(run).as_posix(), {L.merge_report(run).as_posix(): {"cache": False}},
+                         {L.evaluation(run).as_posix(): {"cache": False}}],
+                "metrics": [{L.metrics(run).as_posix(): {"cache": False}}]}
+
+    stages["text-reference"] = _stage(
+        d["reference"], "mergeflow evaluate --model individual zeroshot", [base, experts, prepared],
+        ["evaluate.batch_size"], code["reference"],
+        outs=[{L.evaluation(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")],
+        metrics=[{L.metrics(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")])
+    run_deps = [base, experts, prepared, L.metrics("individual").as_posix()]
+
+    def stats_deps(method: str, swept: str | None = None) -> list[str]:
+        return [f"{features}/{_variant(cfg, method, need, swept)}"
+                for need in _needs(cfg, METHODS[method], resolved[method])]
+
+    merge_code = {m: stage_code("merge", root, m, suite="text") for m in resolved}
+    for method in cfg.raw["merge"]["methods"]:
+        spec = METHODS[method]
+        stages[f"text-merge-{method}"] = _stage(
+            f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method '{method}' --evaluate",
+            [*run_deps, *stats_deps(method)], [f"merge.{method}", "evaluate"], merge_code[method],
+            **report_files(method))
+    for method, sweeps in cfg.raw["sweeps"].items():
+        for param in sweeps:
+            run = f"{method}{SWEEP_SEP}{param}-${{item.value}}"
+            params = [f"merge.{method}.{k}" for k in cfg.block(method) if k != param]
+            stages[f"text-sweep_{method}_{param}"] = _stage(
+                None, f"mergeflow merge --method '{run}' --evaluate", [*run_deps, *stats_deps(method, param)],
+                [*params, "evaluate"], merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"},
+                **report_files(run))
+    reports = L.reports.as_posix()
+    stages["text-report"] = _stage(d["report"], "mergeflow report",
+                                   [f"{reports}/metrics", f"{reports}/merge", f"{reports}/evaluation", experts],
+                                   ["merge", "sweeps"], code["report"],
+                                   outs=[{f"{reports}/report.html": {"cache": False}},
+                                         {f"{reports}/results.csv": {"cache": False}}])
+    return stages
+
+
+def text_task_kind(task: str) -> str:
+    from mergeflow.text.tasks import get_text_task
+
+    return get_text_task(task).kind
+
+
 class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data):  # every list written out: anchors would make the file hard to read
         return True
@@ -359,7 +475,8 @@ class _Dumper(yaml.SafeDumper):
 
 def render(cfg: Config, root: str | Path = ".") -> str:
     """The text of ``dvc.yaml`` for ``cfg``."""
-    body = yaml.dump({"stages": dvc_stages(cfg, root)}, Dumper=_Dumper, sort_keys=False, width=120)
+    stages = text_stages(cfg, root) if cfg.suite == "text" else dvc_stages(cfg, root)
+    body = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=120)
     return HEADER + body
 
 

@@ -69,3 +69,59 @@ def metrics(model: str) -> Path:
 
 def evaluation(model: str) -> Path:
     return EVALUATION / f"{model}.json"
+
+
+class SuiteLayout:
+    """The same layout for another suite, under ``data/<suite>/``, ``models/<suite>/`` and ``reports/<suite>/``.
+
+    The vision suite keeps the unprefixed folders above (its runs and ``dvc.lock`` predate suites); every
+    other suite's artifacts sit beside them, so one workspace holds several suites at once.
+    """
+
+    def __init__(self, suite: str):
+        self.suite = suite
+        self.raw = Path("data/raw") / suite
+        self.prepared_dir = Path("data") / suite / "prepared"
+        self.exemplars_dir = Path("data") / suite / "exemplars"
+        self.features_dir = Path("data") / suite / "features"
+        self.base = Path("models") / suite / "base"
+        self.experts = Path("models") / suite / "experts"
+        self.merged_dir = Path("models") / suite / "merged"
+        self.reports = REPORTS / suite
+
+    def prepared(self, task: str, split: str | None = None) -> Path:
+        return self.prepared_dir / task if split is None else self.prepared_dir / task / f"{split}.safetensors"
+
+    def base_weights(self) -> Path:
+        return self.base / "model.safetensors"
+
+    def tokenizer(self) -> Path:
+        return self.base / "tokenizer.json"
+
+    def expert(self, task: str) -> Path:
+        return self.experts / f"{task}.safetensors"
+
+    def expert_log(self, task: str) -> Path:
+        return self.experts / f"{task}.log.json"
+
+    def exemplars(self, task: str) -> Path:
+        return self.exemplars_dir / f"{task}.json"
+
+    def features(self, variant: str, task: str, scale: float | None = None) -> Path:
+        name = task if scale is None else f"{task}.a{scale}"
+        return self.features_dir / variant / f"{name}.safetensors"
+
+    def merged(self, run: str) -> Path:
+        return self.merged_dir / f"{run}.safetensors"
+
+    def merge_report(self, run: str) -> Path:
+        return self.reports / "merge" / f"{run}.json"
+
+    def metrics(self, model: str) -> Path:
+        return self.reports / "metrics" / f"{model}.json"
+
+    def evaluation(self, model: str) -> Path:
+        return self.reports / "evaluation" / f"{model}.json"
+
+
+TEXT = SuiteLayout("text")

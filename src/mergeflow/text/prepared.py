@@ -22,7 +22,7 @@ from mergeflow.text.tokenize import encode, load_tokenizer
 SPLITS = ("train", "val", "test")
 
 
-def prepare_text_task(name: str, raw_dir: Path, out_dir: Path, tokenizer_file: Path, *, max_length: int,
+def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_file: Path, *, max_length: int,
                       val_fraction: float = 0.1, max_val: int = 5000, seed: int = 0,
                       options: dict | None = None) -> dict[str, int]:
     """Tokenise task ``name``'s train and test splits into ``out_dir/{train,val,test}.safetensors``.
@@ -32,7 +32,7 @@ def prepare_text_task(name: str, raw_dir: Path, out_dir: Path, tokenizer_file: P
     digest = hash_file(tokenizer_file)
     sizes = {}
     for source in ("train", "test"):
-        data = task.read(Path(raw_dir), source, options or {})
+        data = task.read(None if raw_dir is None else Path(raw_dir), source, options or {})
         if task.labels is not None and len(data) and int(data.labels.max()) >= len(task.labels):
             raise MergeflowError(f"{name}: label {int(data.labels.max())} outside 0..{len(task.labels) - 1}")
         arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length)

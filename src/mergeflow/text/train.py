@@ -46,9 +46,10 @@ def mask_tokens(ids: torch.Tensor, attention: torch.Tensor, special: torch.Tenso
 
 def pretrain_mlm(model, arrays: dict[str, np.ndarray], *, steps: int, batch_size: int, lr: float,
                  weight_decay: float, warmup_steps: int, seed: int, special_ids: list[int], mask_token: int,
-                 device="cpu", log_every: int = 100) -> list[dict]:
+                 device="cpu", log_every: int = 100, stop_after: int | None = None) -> list[dict]:
     """Masked-LM training of ``model`` (a ``*ForMaskedLM``) on ``arrays`` (:func:`mergeflow.text.tokenize.encode`
-    of the corpus). Returns the loss log."""
+    of the corpus). Returns the loss log. ``stop_after`` ends the run early on the full run's schedule (its
+    first steps are the full run's: a check that a recorded run starts as recorded)."""
     model = model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -58,7 +59,8 @@ def pretrain_mlm(model, arrays: dict[str, np.ndarray], *, steps: int, batch_size
     vocab = model.config.vocab_size
     n = len(arrays["input_ids"])
     log, running = [], 0.0
-    for step in tqdm(range(steps), desc="pretrain", unit="step", mininterval=5.0):
+    for step in tqdm(range(steps if stop_after is None else min(steps, stop_after)), desc="pretrain", unit="step",
+                     mininterval=5.0):
         batch = _batch(arrays, np.sort(rng.choice(n, size=batch_size, replace=False)), "cpu")
         inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_token, vocab, gen)
         batch["input_ids"] = inputs
@@ -69,7 +71,7 @@ def pretrain_mlm(model, arrays: dict[str, np.ndarray], *, steps: int, batch_size
         opt.step()
         sched.step()
         running += float(out.loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if (step + 1) % log_every == 0 or step + 1 == steps or step + 1 == stop_after:
             log.append({"step": step + 1, "loss": running / ((step % log_every) + 1)})
             running = 0.0
     return log

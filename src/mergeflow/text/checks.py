@@ -1,0 +1,47 @@
+"""What a text-suite configuration must hold beyond the schema: text tasks, a text architecture, sequence
+lengths its positions allow, and merge methods the text path implements."""
+
+from __future__ import annotations
+
+from mergeflow.errors import MergeflowError
+from mergeflow.merge import METHODS
+from mergeflow.text.models import check_text_model
+from mergeflow.text.tasks import TEXT_TASKS
+
+# statistics the text suite records: token Grams and energies (features.tokens); Fisher and gradient
+# statistics of a text classifier are not implemented, nor are the methods that run the model inside
+# the merge (AdaMerging, Surgery, TALL masks, Consensus) or keep a per-task part (EMR)
+TEXT_STAT_KINDS = {"gram"}
+
+
+def unsupported(method: str) -> str | None:
+    """Why ``method`` cannot run on the text suite, or None."""
+    spec = METHODS[method]
+    if spec.uses:
+        return f"it runs the model during the merge ({', '.join(spec.uses)}), which only the vision suite provides"
+    if spec.task_aware:
+        return "its result is per task, which the text suite's evaluation does not read yet"
+    kinds = {need.kind for need in spec.needs} - TEXT_STAT_KINDS
+    if kinds:
+        return f"it needs {', '.join(sorted(kinds))} statistics, which the text suite does not record"
+    return None
+
+
+def check(cfg) -> None:
+    """Refuse a text configuration the text stages could not run, in one line naming the key."""
+    src, raw = cfg.source, cfg.raw
+    for task in cfg.tasks:
+        if task not in TEXT_TASKS:
+            raise MergeflowError(f"{src}: data.tasks: unknown text task {task!r}; known: "
+                                 f"{', '.join(sorted(TEXT_TASKS))}")
+    if "max_length" not in raw["data"]:
+        raise MergeflowError(f"{src}: data.max_length is required for the text suite (tokens per sequence)")
+    check_text_model(raw["model"]["arch"], raw["model"]["pretrained"], int(raw["data"]["max_length"]), src)
+    glue = [t for t in cfg.tasks if TEXT_TASKS[t].kind == "glue"]
+    if glue and not raw["data"]["download"] and raw["data"].get("local_dir") is None:
+        raise MergeflowError(f"{src}: data.download is false but data.local_dir is not set: name the folder that "
+                             f"holds your GLUE copies of {', '.join(glue)} as <local_dir>/<task>/")
+    for method in [*raw["merge"]["methods"], *raw["sweeps"]]:
+        why = unsupported(method)
+        if why is not None:
+            raise MergeflowError(f"{src}: merge.methods: {method!r} is not available for the text suite: {why}")

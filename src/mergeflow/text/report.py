@@ -1,0 +1,116 @@
+"""The text suite's report: every model's GLUE headline per task, the papers' regime checked, and the
+seeds' GLUE claims (LOT's Table 15 order) tested one by one — ``reports/text/``."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from pathlib import Path
+
+from mergeflow import paths
+from mergeflow.config import Config
+from mergeflow.errors import MergeflowError
+from mergeflow.io import atomic_path, read_json
+from mergeflow.text.tasks import get_text_task
+
+L = paths.TEXT
+# LOT Merging's Table 15 (RoBERTa, 8 GLUE tasks, average): the order the paper reports
+PAPER_ORDER = [("lot", 63.13), ("cat", 62.56), ("pcb", 59.59), ("task_arithmetic", 58.34), ("ties", 47.42)]
+# the papers' regime (issue 29): what makes merging on this suite comparable to theirs
+REGIME = {"experts_min": 85.0, "ratio_max": 0.05, "ta_gain_min": 10.0, "gap_min": 5.0}
+
+
+def _metrics(name: str) -> dict | None:
+    file = L.metrics(name)
+    return read_json(file) if file.is_file() else None
+
+
+def rows(cfg: Config) -> list[dict]:
+    """One row per model: its scores per task, mean, mean normalised score and scale."""
+    out = []
+    for model in cfg.models():
+        m = _metrics(model)
+        if m is None:
+            raise MergeflowError(f"{L.metrics(model)}: not found; run the stage that writes it")
+        out.append({"model": model, **{t: m["score"][t] for t in cfg.tasks}, "average": m["average"],
+                    "normalized": 100 * m["normalized"] if "normalized" in m else 100.0,
+                    "scale": m.get("scale")})
+    return out
+
+
+def regime(cfg: Config, table: list[dict]) -> list[dict]:
+    """The regime's four checks with their measured values."""
+    by = {r["model"]: r for r in table}
+    ratios = read_json(L.evaluation("individual")).get("task_vector_ratio", {})
+    single = [r for r in table if r["model"] not in ("zeroshot", "individual")]
+    best = max(single, key=lambda r: r["normalized"], default=None)
+    checks = [{"check": f"experts' mean task metric >= {REGIME['experts_min']:g}",
+               "value": by["individual"]["average"], "held": by["individual"]["average"] >= REGIME["experts_min"]},
+              {"check": f"every ||T_k|| / ||theta_pre|| <= {100 * REGIME['ratio_max']:g} %",
+               "value": 100 * max(ratios.values(), default=0.0),
+               "held": max(ratios.values(), default=0.0) <= REGIME["ratio_max"]}]
+    if "task_arithmetic" in by:
+        gain = by["task_arithmetic"]["normalized"] - by["zeroshot"]["normalized"]
+        checks.append({"check": f"task arithmetic >= pre-trained body + {REGIME['ta_gain_min']:g} normalised points",
+                       "value": gain, "held": gain >= REGIME["ta_gain_min"]})
+    if best is not None:
+        gap = 100.0 - best["normalized"]
+        checks.append({"check": f"best single merge ({best['model']}) >= {REGIME['gap_min']:g} points below the "
+                                "experts",
+                       "value": gap, "held": gap >= REGIME["gap_min"]})
+    return checks
+
+
+def claims(table: list[dict]) -> list[dict]:
+    """Each neighbouring pair of LOT's Table 15 order, where both methods ran."""
+    by = {r["model"]: r for r in table}
+    present = [(m, paper) for m, paper in PAPER_ORDER if m in by]
+    out = []
+    for (a, pa), (b, pb) in zip(present, present[1:], strict=False):
+        diff = by[a]["average"] - by[b]["average"]
+        out.append({"claim": f"{a} > {b} (paper: {pa:.2f} vs {pb:.2f})", "ours": f"{by[a]['average']:.1f} vs "
+                    f"{by[b]['average']:.1f}", "held": diff > 0})
+    return out
+
+
+def _csv(cfg: Config, table: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["model", *cfg.tasks, "average", "normalized", "scale"], lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(t)}<br><small>{e(get_text_task(t).metric)}</small></th>" for t in cfg.tasks)
+    body = "".join("<tr><td>" + e(r["model"]) + "</td>" + "".join(f"<td>{r[t]:.1f}</td>" for t in cfg.tasks)
+                   + f"<td>{r['average']:.1f}</td><td>{r['normalized']:.1f}</td>"
+                   + f"<td>{'' if r['scale'] is None else e(str(r['scale']))}</td></tr>" for r in table)
+    checks_html = "".join(f"<li>{e(c['check'])}: {c['value']:.1f} — {'held' if c['held'] else 'not held'}</li>"
+                          for c in checks)
+    claims_html = "".join(f"<li>{e(c['claim'])}: ours {e(c['ours'])} — {'held' if c['held'] else 'failed'}</li>"
+                          for c in tested) or "<li>no pair of the paper's methods ran</li>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mergeflow — {e(cfg.raw['name'])} (text)</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}td:first-child{text-align:left}</style></head><body>"
+            f"<h1>Text suite: {e(cfg.raw['name'])}</h1><p>Base {e(str(cfg.raw['model']['arch']))} "
+            f"({e(str(cfg.raw['model']['pretrained']))}); each task scored by its GLUE metric on its test split with "
+            "its own expert's head; <i>zeroshot</i> is the pre-trained body with the experts' heads; normalised = "
+            "mean over tasks of merged / expert.</p>"
+            f"<table><tr><th>model</th>{head}<th>mean</th><th>normalised</th><th>scale</th></tr>{body}</table>"
+            f"<h2>The papers' regime</h2><ul>{checks_html}</ul>"
+            f"<h2>LOT Table 15's order (RoBERTa on GLUE)</h2><ul>{claims_html}</ul></body></html>")
+
+
+def build_text_report(cfg: Config) -> Path:
+    """``reports/text/results.csv`` and ``reports/text/report.html``."""
+    table = rows(cfg)
+    checks, tested = regime(cfg, table), claims(table)
+    L.reports.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.csv", _csv(cfg, table)), ("report.html", _html(cfg, table, checks, tested))):
+        with atomic_path(L.reports / name) as tmp:
+            Path(tmp).write_text(text)
+    return L.reports / "report.html"

@@ -1,0 +1,160 @@
+"""The text suite in the DAG (issue 29): its configuration checks, both engines' text DAGs, and a tiny run of
+each engine giving the same bytes."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dag_tools import BIN, dvc_stages, engine_env, snakemake_jobs
+from mergeflow import config, dag
+from mergeflow.errors import MergeflowError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "e2e" / "text-tiny.yaml"
+
+
+def _raw():
+    return yaml.safe_load(TINY.read_text())
+
+
+def _load(tmp_path, raw):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config.load(p)
+
+
+def _workspace(path: Path, params: Path = TINY) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "src"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, path / name)
+    shutil.copy(params, path / "params.yaml")
+    _run([str(BIN / "mergeflow"), "dag"], path)
+    return path
+
+
+def _run(cmd, cwd: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=engine_env(cwd), capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+# --- configuration -----------------------------------------------------------------------------------------------
+def test_the_tiny_text_configuration_loads_as_a_text_suite(tmp_path):
+    cfg = _load(tmp_path, _raw())
+    assert cfg.suite == "text" and cfg.tasks == ["sentiment", "paraphrase", "similarity"]
+    assert config.load(ROOT / "params.yaml").suite == "vision"
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda r: r["data"].__setitem__("tasks", ["sentiment", "mnist"]), "unknown text task 'mnist'"),
+    (lambda r: r["data"].pop("max_length"), "data.max_length is required for the text suite"),
+    (lambda r: r["data"].__setitem__("max_length", 500), "max_length = 500: mf-roberta-micro has positions for 64"),
+    (lambda r: r["model"].__setitem__("arch", "mf-vit-small"), "model.arch = 'mf-vit-small': unknown text arch"),
+    (lambda r: r["model"].__setitem__("arch", "all-minilm-l6-v2"), "is a packaged model: set model.pretrained"),
+    (lambda r: r["model"].__setitem__("pretrained", "packaged"), "'mf-roberta-micro' is not a packaged model"),
+    (lambda r: r["merge"]["methods"].append("fisher"), "'fisher' is not available for the text suite: it needs fisher"),
+    (lambda r: r["merge"]["methods"].append("adamerging"), "'adamerging' is not available for the text suite: it"),
+    (lambda r: r["merge"]["methods"].append("emr"), "'emr' is not available for the text suite: its result"),
+    (lambda r: r.__setitem__("suite", "audio"), "suite = 'audio': must be one of vision, text"),
+    (lambda r: r["features"].__setitem__("weighting", "words"), "features.weighting = 'words'"),
+    (lambda r: r["data"].__setitem__("tasks", ["sst2"]), "data.download is false but data.local_dir is not set"),
+])
+def test_a_bad_text_configuration_is_one_line_naming_it(tmp_path, edit, words):
+    raw = _raw()
+    edit(raw)
+    with pytest.raises(MergeflowError, match=None) as exc:
+        _load(tmp_path, raw)
+    assert words in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_a_vision_only_stage_on_a_text_configuration_is_one_line(tmp_path):
+    shutil.copy(TINY, tmp_path / "params.yaml")
+    out = subprocess.run([str(BIN / "mergeflow"), "heads"], cwd=tmp_path, env=engine_env(), capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "mergeflow heads: error: `mergeflow heads` is a stage of the vision suite only; params.yaml is a text "
+        "configuration"], out.stderr
+
+
+# --- the DAG -----------------------------------------------------------------------------------------------------
+def test_text_stages_say_their_suite_and_depend_on_the_text_code_only():
+    cfg = config.load(TINY)
+    stages = dag.text_stages(cfg, ROOT)
+    assert all(name.startswith("text-") for name in stages)
+    assert {"text-base", "text-prepare", "text-finetune", "text-reference", "text-merge-lot",
+            "text-report"} <= set(stages)
+    lot = stages["text-merge-lot"]["deps"]
+    assert "src/mergeflow/stages/text.py" in lot and "src/mergeflow/merge/lot.py" in lot
+    assert "src/mergeflow/stages/merge.py" not in lot and "src/mergeflow/merge/cat.py" not in lot
+    assert "src/mergeflow/families/hf_encoder.py" in stages["text-features"]["deps"]
+    vision_stages = {f"src/mergeflow/stages/{m}.py" for m in ("data", "models", "features", "merge", "evaluate")}
+    assert not any(d in vision_stages for s in stages.values() for d in s["deps"])
+    # no vision stage depends on the text code (mergeflow.config checks a text configuration by name)
+    for name, stage in dag.dvc_stages(config.load(ROOT / "params.yaml"), ROOT).items():
+        assert not any(d.startswith("src/mergeflow/text/") or d.endswith("stages/text.py") for d in stage["deps"]), name
+
+
+def test_both_engines_declare_the_same_text_dag(tmp_path):
+    ws = _workspace(tmp_path / "ws")
+    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
+    dvc, smk = dvc_stages(ws), snakemake_jobs(ws, "--forceall")
+    assert set(dvc) == set(smk), (sorted(set(dvc) - set(smk)), sorted(set(smk) - set(dvc)))
+    def covered(path, by):  # DVC may declare a folder where Snakemake lists the files in it
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
+
+    for cmd in dvc:
+        assert dvc[cmd][1] == smk[cmd][1], cmd
+        dvc_in, smk_in = dvc[cmd][0], smk[cmd][0]
+        assert all(covered(p, dvc_in) for p in smk_in), (cmd, smk_in - dvc_in)
+        assert all(any(covered(s, {p}) or covered(p, {s}) for s in smk_in) for p in dvc_in), (cmd, dvc_in - smk_in)
+
+
+# --- a run of each engine ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory):
+    dvc_ws = _workspace(tmp_path_factory.mktemp("text-dvc"))
+    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], dvc_ws)
+    ran = _run([str(BIN / "dvc"), "repro"], dvc_ws).stdout
+    smk_ws = _workspace(tmp_path_factory.mktemp("text-smk"))
+    _run([str(BIN / "snakemake"), "--cores", "2"], smk_ws)
+    return dvc_ws, smk_ws, ran
+
+
+@pytest.mark.e2e
+def test_both_engines_run_the_text_suite_to_the_same_bytes(text_runs):
+    dvc_ws, smk_ws, ran = text_runs
+    assert "Running stage 'text-merge-lot'" in ran and "Running stage 'text-report'" in ran
+    files = sorted(p.relative_to(dvc_ws) for d in ("models/text", "data/text", "reports/text")
+                   for p in (dvc_ws / d).rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.parent.name != "merge")  # merge reports hold wall times
+    assert len(files) > 40
+    different = [f for f in files if (dvc_ws / f).read_bytes() != (smk_ws / f).read_bytes()]
+    assert not different, different
+
+
+@pytest.mark.e2e
+def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_regime(text_runs):
+    import csv
+    import json
+
+    ws = text_runs[0]
+    cfg = config.load(ws / "params.yaml")
+    rows = {r["model"]: r for r in csv.DictReader((ws / "reports/text/results.csv").open())}
+    assert set(rows) == set(cfg.models())
+    metrics = json.loads((ws / "reports/text/metrics/lot.json").read_text())
+    assert metrics["metric"] == {"sentiment": "accuracy", "paraphrase": "f1_accuracy", "similarity": "pearson_spearman"}
+    assert float(rows["individual"]["normalized"]) == 100.0
+    page = (ws / "reports/text/report.html").read_text()
+    assert "The papers' regime" in page and "lot > cat" in page and "every ||T_k|| / ||theta_pre||" in page
+    # each task keeps its expert's head: the merged file holds the body only
+    from mergeflow.io import load_tensors
+
+    merged = load_tensors(ws / "models/text/merged/lot.safetensors")
+    assert merged and not any(k.startswith("classifier.") for k in merged)
