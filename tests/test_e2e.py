@@ -571,3 +571,107 @@ def test_a_method_registered_from_outside_runs_in_both_engines(dvc_ws, smk_ws, t
     with (plugins / "halfway_merge.py").open("a") as f:
         f.write("\n# an edit\n")
     assert _dvc_repro(dvc, plugins) - {"report"} == {"merge-halfway"}  # the report: as above
+
+
+@pytest.fixture(scope="module")
+def suites_ws(dvc_ws, smk_ws, tmp_path_factory):
+    """The finished tiny vision runs of both engines with the tiny text suite added by a suites file: DVC from
+    `mergeflow --params all-tiny.yaml dag`, Snakemake with `--configfile all-tiny.yaml`."""
+    out = {}
+    for engine, ws in (("dvc", dvc_ws), ("smk", smk_ws)):
+        copy = tmp_path_factory.mktemp(f"suites-{engine}") / "ws"
+        shutil.copytree(ws, copy, symlinks=True)
+        for name in ("text-tiny.yaml", "all-tiny.yaml"):
+            shutil.copy(TINY.parent / name, copy / name)
+        if engine == "dvc":
+            _run([str(BIN / "mergeflow"), "--params", "all-tiny.yaml", "dag"], copy)
+            ran = _dvc_repro(copy)
+        else:
+            log = _run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "all-tiny.yaml"], copy)
+            ran = set(re.findall(r"^(?:local)?rule (\w+):", log, re.M)) - {"all"}
+        out[engine] = (copy, ran)
+    return out
+
+
+def test_a_suites_file_adds_the_text_suite_beside_a_finished_vision_run(suites_ws):
+    """Every vision stage stays as it was (nothing of the vision run reruns under either engine); the text
+    suite's stages and the method x suite report run."""
+    (dvc, dvc_ran), (_, smk_ran) = suites_ws["dvc"], suites_ws["smk"]
+    assert dvc_ran and all(s.startswith("text-") for s in dvc_ran - {"suites-report"}) and "suites-report" in dvc_ran
+    assert smk_ran and all(s.startswith("text_") for s in smk_ran - {"suites_report"}) and "suites_report" in smk_ran
+    table = (dvc / "reports" / "suites.csv").read_text().splitlines()
+    assert table[0] == "method,vision,text,vision_rank,text_rank"
+    assert {row.split(",")[0] for row in table[1:]} >= {"task_arithmetic", "lot", "cat"}
+    assert "Does a method's rank survive a change of modality?" in (dvc / "reports" / "suites.html").read_text()
+
+
+def test_both_engines_run_the_text_suite_to_the_same_bytes(suites_ws):
+    (dvc, _), (smk, _) = suites_ws["dvc"], suites_ws["smk"]
+    files = sorted(p.relative_to(dvc) for d in ("models/text", "data/text", "reports/text")
+                   for p in (dvc / d).rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.parent.name != "merge")  # merge reports hold wall times
+    files.append(Path("reports/suites.csv"))
+    assert len(files) > 40
+    different = [f for f in files if (dvc / f).read_bytes() != (smk / f).read_bytes()]
+    assert not different, different
+
+
+def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_regime(suites_ws):
+    import csv
+
+    from mergeflow import config
+    from mergeflow.io import load_tensors
+
+    ws = suites_ws["dvc"][0]
+    cfg = config.load(ws / "text-tiny.yaml")
+    rows = {r["model"]: r for r in csv.DictReader((ws / "reports/text/results.csv").open())}
+    assert set(rows) == set(cfg.models())
+    metrics = json.loads((ws / "reports/text/metrics/lot.json").read_text())
+    assert metrics["metric"] == {"sentiment": "accuracy", "paraphrase": "f1_accuracy", "similarity": "pearson_spearman"}
+    assert float(rows["individual"]["normalized"]) == 100.0
+    page = (ws / "reports/text/report.html").read_text()
+    assert "The papers' regime" in page and "lot > cat" in page and "every ||T_k|| / ||theta_pre||" in page
+    merged = load_tensors(ws / "models/text/merged/lot.safetensors")  # the body only: each task keeps its head
+    assert merged and not any(k.startswith("classifier.") for k in merged)
+
+
+def test_a_text_stage_run_from_a_suites_dag_checks_it_against_the_suites_file(suites_ws, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(suites_ws["dvc"][0], ws, symlinks=True)
+    (ws / "all-tiny.yaml").write_text("name: all-tiny\nsuites: [params.yaml]\n")
+    out = subprocess.run([str(BIN / "dvc"), "repro", "-f", "text-report"], cwd=ws, env=engine_env(ws),
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "does not list text-tiny.yaml" in out.stdout + out.stderr, out.stdout[-2000:]
+
+
+def test_text_inputs_that_do_not_belong_together_are_one_line(suites_ws, tmp_path):
+    """An expert whose vocabulary differs from the base's, a tokenizer larger than the model's vocabulary: one
+    line naming both sizes, nothing written."""
+    import torch
+
+    from mergeflow.io import load_tensors, save_tensors
+
+    ws = tmp_path / "ws"
+    shutil.copytree(suites_ws["dvc"][0], ws, symlinks=True)
+    expert = ws / "models/text/experts/sentiment.safetensors"
+    state = load_tensors(expert)
+    key = "roberta.embeddings.word_embeddings.weight"
+    rows, width = state[key].shape
+    state[key] = torch.cat([state[key], torch.zeros(3, width)])
+    save_tensors(expert, state)
+    before = (ws / "models/text/merged/task_arithmetic.safetensors").read_bytes()
+    out = subprocess.run([str(BIN / "mergeflow"), "--params", "text-tiny.yaml", "merge", "--method", "task_arithmetic"],
+                         cwd=ws, env=engine_env(ws), capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"mergeflow merge: error: expert 'sentiment': {key} has shape ({rows + 3}, {width}), pretrained "
+        f"({rows}, {width})"], out.stderr
+    assert (ws / "models/text/merged/task_arithmetic.safetensors").read_bytes() == before
+    tokenizer = json.loads((ws / "models/text/base/tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    for i in range(5):
+        vocab[f"extra{i}"] = len(vocab)
+    (ws / "models/text/base/tokenizer.json").write_text(json.dumps(tokenizer))
+    out = subprocess.run([str(BIN / "mergeflow"), "--params", "text-tiny.yaml", "prepare"], cwd=ws,
+                         env=engine_env(ws), capture_output=True, text=True)
+    assert out.returncode == 2 and "tokens but the model's vocabulary has" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

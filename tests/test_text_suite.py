@@ -14,6 +14,7 @@ from mergeflow.errors import MergeflowError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "e2e" / "text-tiny.yaml"
+ALL_TINY = ROOT / "tests" / "e2e" / "all-tiny.yaml"
 
 
 def _raw():
@@ -26,16 +27,25 @@ def _load(tmp_path, raw):
     return config.load(p)
 
 
-def _workspace(path: Path, params: Path = TINY) -> Path:
+def _workspace(path: Path, params: Path = TINY, suites: bool = False) -> Path:
+    """A workspace running ``params``; with ``suites``, the vision tiny run as params.yaml, the text one beside
+    it and the suites file naming both."""
     path.mkdir(parents=True, exist_ok=True)
+    (path / "models" / "community").mkdir(parents=True)
     for name in ("Snakefile", "workflow", "src"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(src, path / name)
-    shutil.copy(params, path / "params.yaml")
-    _run([str(BIN / "mergeflow"), "dag"], path)
+    if suites:
+        shutil.copy(ROOT / "tests" / "e2e" / "tiny.yaml", path / "params.yaml")
+        shutil.copy(TINY, path / TINY.name)
+        shutil.copy(ALL_TINY, path / ALL_TINY.name)
+        _run([str(BIN / "mergeflow"), "--params", ALL_TINY.name, "dag"], path)
+    else:
+        shutil.copy(params, path / "params.yaml")
+        _run([str(BIN / "mergeflow"), "dag"], path)
     return path
 
 
@@ -101,10 +111,16 @@ def test_text_stages_say_their_suite_and_depend_on_the_text_code_only():
         assert not any(d.startswith("src/mergeflow/text/") or d.endswith("stages/text.py") for d in stage["deps"]), name
 
 
-def test_both_engines_declare_the_same_text_dag(tmp_path):
-    ws = _workspace(tmp_path / "ws")
+@pytest.mark.parametrize("suites", [False, True], ids=["text", "vision+text"])
+def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
+    ws = _workspace(tmp_path / "ws", suites=suites)
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
-    dvc, smk = dvc_stages(ws), snakemake_jobs(ws, "--forceall")
+    dvc = dvc_stages(ws)
+    smk = snakemake_jobs(ws, "--forceall", *(["--configfile", ALL_TINY.name] if suites else []))
+    if suites:
+        assert "mergeflow --params text-tiny.yaml merge --method lot --evaluate" in dvc
+        assert "mergeflow merge --method cat --evaluate" in dvc  # the vision suite's, as in its own DAG
+        assert "mergeflow --params all-tiny.yaml report" in dvc
     assert set(dvc) == set(smk), (sorted(set(dvc) - set(smk)), sorted(set(smk) - set(dvc)))
     def covered(path, by):  # DVC may declare a folder where Snakemake lists the files in it
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in by)
@@ -115,46 +131,4 @@ def test_both_engines_declare_the_same_text_dag(tmp_path):
         assert all(covered(p, dvc_in) for p in smk_in), (cmd, smk_in - dvc_in)
         assert all(any(covered(s, {p}) or covered(p, {s}) for s in smk_in) for p in dvc_in), (cmd, dvc_in - smk_in)
 
-
-# --- a run of each engine ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def text_runs(tmp_path_factory):
-    dvc_ws = _workspace(tmp_path_factory.mktemp("text-dvc"))
-    _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], dvc_ws)
-    ran = _run([str(BIN / "dvc"), "repro"], dvc_ws).stdout
-    smk_ws = _workspace(tmp_path_factory.mktemp("text-smk"))
-    _run([str(BIN / "snakemake"), "--cores", "2"], smk_ws)
-    return dvc_ws, smk_ws, ran
-
-
-@pytest.mark.e2e
-def test_both_engines_run_the_text_suite_to_the_same_bytes(text_runs):
-    dvc_ws, smk_ws, ran = text_runs
-    assert "Running stage 'text-merge-lot'" in ran and "Running stage 'text-report'" in ran
-    files = sorted(p.relative_to(dvc_ws) for d in ("models/text", "data/text", "reports/text")
-                   for p in (dvc_ws / d).rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.parent.name != "merge")  # merge reports hold wall times
-    assert len(files) > 40
-    different = [f for f in files if (dvc_ws / f).read_bytes() != (smk_ws / f).read_bytes()]
-    assert not different, different
-
-
-@pytest.mark.e2e
-def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_regime(text_runs):
-    import csv
-    import json
-
-    ws = text_runs[0]
-    cfg = config.load(ws / "params.yaml")
-    rows = {r["model"]: r for r in csv.DictReader((ws / "reports/text/results.csv").open())}
-    assert set(rows) == set(cfg.models())
-    metrics = json.loads((ws / "reports/text/metrics/lot.json").read_text())
-    assert metrics["metric"] == {"sentiment": "accuracy", "paraphrase": "f1_accuracy", "similarity": "pearson_spearman"}
-    assert float(rows["individual"]["normalized"]) == 100.0
-    page = (ws / "reports/text/report.html").read_text()
-    assert "The papers' regime" in page and "lot > cat" in page and "every ||T_k|| / ||theta_pre||" in page
-    # each task keeps its expert's head: the merged file holds the body only
-    from mergeflow.io import load_tensors
-
-    merged = load_tensors(ws / "models/text/merged/lot.safetensors")
-    assert merged and not any(k.startswith("classifier.") for k in merged)
+# a run of each engine (both suites, beside the vision run): tests/test_e2e.py

@@ -121,6 +121,13 @@ TEXT_HANDLERS = {
 }
 
 
+# a suites file (mergeflow.suites): the union DAG and the method × suite report
+SUITES_HANDLERS = {
+    "dag": HANDLERS["dag"],
+    "report": ("mergeflow.report.suites", lambda m, cfg, args: m.build_suites_report(cfg)),
+}
+
+
 def handlers(suite: str) -> dict:
     """The stage table of a suite."""
     return TEXT_HANDLERS if suite == "text" else HANDLERS
@@ -136,6 +143,13 @@ def _run(args: argparse.Namespace) -> None:
     from mergeflow import config
 
     cfg = config.load(args.params)
+    if cfg.suite == "all":  # a suites file: its DAG and its cross-suite report; each suite's stages read their own file
+        if args.stage not in SUITES_HANDLERS:
+            raise config.MergeflowError(f"{args.params} is a suites file: run `mergeflow --params <a suite's file> "
+                                        f"{args.stage}` ({', '.join(c.source for c in cfg.configs)})")
+        module, handler = SUITES_HANDLERS[args.stage]
+        handler(importlib.import_module(module), cfg, args)
+        return
     if getattr(args, "task", None) is not None and args.task not in cfg.tasks:
         if cfg.suite == "vision":
             from mergeflow.data import get_task

@@ -317,7 +317,8 @@ def _lookup(raw: Any, key: str) -> Any:
 
 
 def load(path: str | Path = DEFAULT_PARAMS) -> Config:
-    """Read, validate and type a params file. Every problem is a one-line :class:`MergeflowError`."""
+    """Read, validate and type a params file (a suites file gives a :class:`mergeflow.suites.Suites`). Every
+    problem is a one-line :class:`MergeflowError`."""
     path = Path(path)
     if path.is_dir():
         raise MergeflowError(f"{path}: a folder, not a params file (--params names a YAML file)")
@@ -333,6 +334,9 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Config:
         raise MergeflowError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise MergeflowError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(raw, dict) and "suites" in raw:
+        # a suites file (mergeflow.suites), imported by name as the text checks are: no stage reads one
+        return importlib.import_module("mergeflow.suites").from_mapping(raw, str(path), load)
     return from_mapping(raw, str(path))
 
 

@@ -6,9 +6,30 @@ from mergeflow import dag as mf_dag
 from mergeflow import paths as mf_paths
 from mergeflow.models import importer as mf_importer
 
+import os
 import re
 
-CFG = mf_config.from_mapping(config, "params.yaml")
+# The run's configuration (PARAMS: params.yaml, or the file of `--configfile`): one suite's, or a suites file
+# (mergeflow.suites) naming one configuration per suite. The vision rules read CFG and `config`; the text
+# rules TEXT_CFG (text.smk). A suite whose file is not params.yaml runs `mergeflow --params <its file>`.
+SUITES = mf_config.load(PARAMS) if "suites" in config else None
+if SUITES is not None:
+    VISION_CFG, TEXT_CFG = SUITES.of("vision"), SUITES.of("text")
+    if VISION_CFG is not None:
+        config.clear()
+        config.update(VISION_CFG.raw)
+else:
+    _one = mf_config.from_mapping(config, PARAMS)
+    VISION_CFG, TEXT_CFG = (None, _one) if _one.suite == "text" else (_one, None)
+
+
+def mergeflow_command(cfg):
+    """How a rule of ``cfg``'s suite calls the CLI: with ``--params`` unless its file is params.yaml."""
+    return "mergeflow" if os.path.normpath(cfg.source) == "params.yaml" else f"mergeflow --params {cfg.source}"
+
+
+CFG = VISION_CFG or TEXT_CFG
+MF = mergeflow_command(CFG)
 TASKS = CFG.tasks
 RUNS = {run.name: run for run in CFG.merge_runs()}
 VARIANTS = [v.name for v in CFG.variants()]

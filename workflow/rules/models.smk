@@ -20,7 +20,7 @@ rule import_models:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow import > {log} 2>&1"
+        MF + " import > {log} 2>&1"
 
 
 rule base:
@@ -47,7 +47,7 @@ rule base:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow base > {log} 2>&1"
+        MF + " base > {log} 2>&1"
 
 
 rule heads:
@@ -71,7 +71,7 @@ rule heads:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow heads > {log} 2>&1"
+        MF + " heads > {log} 2>&1"
 
 
 rule finetune:
@@ -99,7 +99,7 @@ rule finetune:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow finetune > {log} 2>&1"
+        MF + " finetune > {log} 2>&1"
 
 
 rule reference:
@@ -127,4 +127,4 @@ rule reference:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow evaluate --model zeroshot individual > {log} 2>&1"
+        MF + " evaluate --model zeroshot individual > {log} 2>&1"

@@ -21,4 +21,4 @@ rule report:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow report > {log} 2>&1"
+        MF + " report > {log} 2>&1"

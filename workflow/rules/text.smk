@@ -1,41 +1,54 @@
 # The text suite (`suite: text`, mergeflow.stages.text): the same DAG as dvc.yaml's text-* stages, over the
-# same commands, under data/text, models/text and reports/text (mergeflow.paths.TEXT).
+# same commands, under data/text, models/text and reports/text (mergeflow.paths.TEXT). Its own globals (TEXT_*),
+# so that a suites file runs it beside the vision rules.
+TEXT_RAW = TEXT_CFG.raw
+TEXT_MF = mergeflow_command(TEXT_CFG)
+TEXT_TASKS = TEXT_CFG.tasks
+TEXT_RUNS = {run.name: run for run in TEXT_CFG.merge_runs()}
+TEXT_VARIANTS = [v.name for v in TEXT_CFG.variants()]
+_TEXT_RES = mf_cluster.resources(TEXT_RAW["model"]["arch"], TEXT_RAW["device"])
+TEXT_THREADS = {rule: _CORES or r["cpus"] for rule, r in _TEXT_RES.items()}
+TEXT_RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _TEXT_RES.items()}
 TEXT_CODE = {stage: mf_dag.stage_code(stage, suite="text") for stage in ("fetch", "base", "prepare", "finetune",
                                                                           "exemplars", "features", "reference",
                                                                           "report")}
-TEXT_GLUE = [t for t in TASKS if mf_dag.text_task_kind(t) == "glue"]
-TEXT_RAW = ([f"{config['data']['raw_dir']}/{t}" for t in TEXT_GLUE] if config["data"]["download"]
-            else [config["data"]["local_dir"]] if TEXT_GLUE else [])
-TEXT_BASE_READS = (["src/mergeflow/models/pretrained"] if config["model"]["pretrained"] not in (None, "packaged") and
-                   not mf_dag.is_path_like(config["model"]["pretrained"]) else
-                   [config["model"]["pretrained"]] if config["model"]["pretrained"] not in (None, "packaged") else [])
+TEXT_GLUE = [t for t in TEXT_TASKS if mf_dag.text_task_kind(t) == "glue"]
+TEXT_FETCHED = ([f"{TEXT_RAW['data']['raw_dir']}/{t}" for t in TEXT_GLUE] if TEXT_RAW["data"]["download"]
+                else [TEXT_RAW["data"]["local_dir"]] if TEXT_GLUE else [])
+_pretrained = TEXT_RAW["model"]["pretrained"]
+TEXT_BASE_READS = ([] if _pretrained in (None, "packaged") else [_pretrained] if mf_dag.is_path_like(_pretrained)
+                   else ["src/mergeflow/models/pretrained"])
 
 
 def text_run_code(wildcards):
-    return mf_dag.stage_code("merge", ".", RUNS[wildcards.run].method, suite="text")
+    return mf_dag.stage_code("merge", ".", TEXT_RUNS[wildcards.run].method, suite="text")
 
 
 def text_run_stats(wildcards):
-    return [f"data/text/features/{v.name}" for v in RUNS[wildcards.run].variants]
+    return [f"data/text/features/{v.name}" for v in TEXT_RUNS[wildcards.run].variants]
 
 
-TARGETS = [
+def text_run_params(wildcards):
+    return TEXT_RUNS[wildcards.run].hparams
+
+
+TARGETS += [
     "reports/text/report.html",
-    *expand("models/text/merged/{run}.safetensors", run=RUNS),
-    *expand("reports/text/metrics/{model}.json", model=CFG.models()),
-    *expand("reports/text/evaluation/{model}.json", model=CFG.models()),
+    *expand("models/text/merged/{run}.safetensors", run=TEXT_RUNS),
+    *expand("reports/text/metrics/{model}.json", model=TEXT_CFG.models()),
+    *expand("reports/text/evaluation/{model}.json", model=TEXT_CFG.models()),
 ]
 
 
-if TEXT_GLUE and config["data"]["download"]:
+if TEXT_GLUE and TEXT_RAW["data"]["download"]:
 
     rule text_fetch:
         input:
             code=TEXT_CODE["fetch"],
         output:
-            directory(expand("{raw}/{task}", raw=config["data"]["raw_dir"], task=TEXT_GLUE)),
+            directory(expand("{raw}/{task}", raw=TEXT_RAW["data"]["raw_dir"], task=TEXT_GLUE)),
         params:
-            tasks=TASKS,
+            tasks=TEXT_TASKS,
         log:
             "logs/text/fetch.log",
         benchmark:
@@ -43,7 +56,7 @@ if TEXT_GLUE and config["data"]["download"]:
         conda:
             "../envs/mergeflow.yaml"
         shell:
-            "mergeflow fetch > {log} 2>&1"
+            TEXT_MF + " fetch > {log} 2>&1"
 
 
 rule text_base:
@@ -53,13 +66,13 @@ rule text_base:
     output:
         directory("models/text/base"),
     params:
-        model=config["model"],
-        pretrain=config["pretrain"],
-        seed=config["seed"],
-        max_length=config["data"]["max_length"],
-    threads: THREADS["base"]
+        model=TEXT_RAW["model"],
+        pretrain=TEXT_RAW["pretrain"],
+        seed=TEXT_RAW["seed"],
+        max_length=TEXT_RAW["data"]["max_length"],
+    threads: TEXT_THREADS["base"]
     resources:
-        **RESOURCES["base"],
+        **TEXT_RESOURCES["base"],
     log:
         "logs/text/base.log",
     benchmark:
@@ -67,21 +80,21 @@ rule text_base:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow base > {log} 2>&1"
+        TEXT_MF + " base > {log} 2>&1"
 
 
 rule text_prepare:
     input:
         "models/text/base",
-        TEXT_RAW,
+        TEXT_FETCHED,
         code=TEXT_CODE["prepare"],
     output:
         directory("data/text/prepared"),
     params:
-        data={k: v for k, v in config["data"].items() if k not in ("raw_dir", "local_dir", "download")},
-    threads: THREADS["prepare"]
+        data={k: v for k, v in TEXT_RAW["data"].items() if k not in ("raw_dir", "local_dir", "download")},
+    threads: TEXT_THREADS["prepare"]
     resources:
-        **RESOURCES["prepare"],
+        **TEXT_RESOURCES["prepare"],
     log:
         "logs/text/prepare.log",
     benchmark:
@@ -89,7 +102,7 @@ rule text_prepare:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow prepare > {log} 2>&1"
+        TEXT_MF + " prepare > {log} 2>&1"
 
 
 rule text_finetune:
@@ -100,12 +113,12 @@ rule text_finetune:
     output:
         directory("models/text/experts"),
     params:
-        tasks=TASKS,
-        finetune=config["finetune"],
-        batch_size=config["evaluate"]["batch_size"],
-    threads: THREADS["finetune"]
+        tasks=TEXT_TASKS,
+        finetune=TEXT_RAW["finetune"],
+        batch_size=TEXT_RAW["evaluate"]["batch_size"],
+    threads: TEXT_THREADS["finetune"]
     resources:
-        **RESOURCES["finetune"],
+        **TEXT_RESOURCES["finetune"],
     log:
         "logs/text/finetune.log",
     benchmark:
@@ -113,7 +126,7 @@ rule text_finetune:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow finetune > {log} 2>&1"
+        TEXT_MF + " finetune > {log} 2>&1"
 
 
 rule text_exemplars:
@@ -123,9 +136,9 @@ rule text_exemplars:
     output:
         directory("data/text/exemplars"),
     params:
-        exemplars=config["exemplars"],
+        exemplars=TEXT_RAW["exemplars"],
     resources:
-        **RESOURCES["exemplars"],
+        **TEXT_RESOURCES["exemplars"],
     log:
         "logs/text/exemplars.log",
     benchmark:
@@ -133,7 +146,7 @@ rule text_exemplars:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow exemplars > {log} 2>&1"
+        TEXT_MF + " exemplars > {log} 2>&1"
 
 
 rule text_features:
@@ -146,13 +159,13 @@ rule text_features:
     output:
         directory("data/text/features/{variant}"),
     wildcard_constraints:
-        variant=one_of(VARIANTS),
+        variant=one_of(TEXT_VARIANTS),
     params:
-        features=config["features"],
-        grid=config["evaluate"]["scale_grid"],
-    threads: THREADS["features"]
+        features=TEXT_RAW["features"],
+        grid=TEXT_RAW["evaluate"]["scale_grid"],
+    threads: TEXT_THREADS["features"]
     resources:
-        **RESOURCES["features"],
+        **TEXT_RESOURCES["features"],
     log:
         "logs/text/features/{variant}.log",
     benchmark:
@@ -160,7 +173,7 @@ rule text_features:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow features --variant {wildcards.variant:q} > {log} 2>&1"
+        TEXT_MF + " features --variant {wildcards.variant:q} > {log} 2>&1"
 
 
 rule text_reference:
@@ -175,10 +188,10 @@ rule text_reference:
         "reports/text/evaluation/individual.json",
         "reports/text/evaluation/zeroshot.json",
     params:
-        batch_size=config["evaluate"]["batch_size"],
-    threads: THREADS["reference"]
+        batch_size=TEXT_RAW["evaluate"]["batch_size"],
+    threads: TEXT_THREADS["reference"]
     resources:
-        **RESOURCES["reference"],
+        **TEXT_RESOURCES["reference"],
     log:
         "logs/text/reference.log",
     benchmark:
@@ -186,7 +199,7 @@ rule text_reference:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow evaluate --model individual zeroshot > {log} 2>&1"
+        TEXT_MF + " evaluate --model individual zeroshot > {log} 2>&1"
 
 
 rule text_merge:
@@ -203,13 +216,13 @@ rule text_merge:
         "reports/text/metrics/{run}.json",
         "reports/text/evaluation/{run}.json",
     wildcard_constraints:
-        run=one_of(RUNS),
+        run=one_of(TEXT_RUNS),
     params:
-        hparams=run_params,
-        evaluate=config["evaluate"],
-    threads: THREADS["merge"]
+        hparams=text_run_params,
+        evaluate=TEXT_RAW["evaluate"],
+    threads: TEXT_THREADS["merge"]
     resources:
-        **RESOURCES["merge"],
+        **TEXT_RESOURCES["merge"],
     log:
         "logs/text/merge/{run}.log",
     benchmark:
@@ -217,24 +230,24 @@ rule text_merge:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
+        TEXT_MF + " merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
 
 
 rule text_report:
     input:
-        expand("reports/text/metrics/{model}.json", model=CFG.models()),
-        expand("reports/text/merge/{run}.json", run=RUNS),
-        expand("reports/text/evaluation/{model}.json", model=CFG.models()),
+        expand("reports/text/metrics/{model}.json", model=TEXT_CFG.models()),
+        expand("reports/text/merge/{run}.json", run=TEXT_RUNS),
+        expand("reports/text/evaluation/{model}.json", model=TEXT_CFG.models()),
         "models/text/experts",
         code=TEXT_CODE["report"],
     output:
         "reports/text/report.html",
         "reports/text/results.csv",
     params:
-        merge=config["merge"],
-        sweeps=config["sweeps"],
+        merge=TEXT_RAW["merge"],
+        sweeps=TEXT_RAW["sweeps"],
     resources:
-        **RESOURCES["report"],
+        **TEXT_RESOURCES["report"],
     log:
         "logs/text/report.log",
     benchmark:
@@ -242,4 +255,4 @@ rule text_report:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        "mergeflow report > {log} 2>&1"
+        TEXT_MF + " report > {log} 2>&1"

@@ -9,6 +9,7 @@ the merge runs, statistics variants and scale choice are the vision suite's (the
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -43,7 +44,7 @@ from mergeflow.text import language, offline
 from mergeflow.text.models import TEXT_ARCHS, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
 from mergeflow.text.tasks import get_text_task
-from mergeflow.text.tokenize import encode, mask_id, train_word_tokenizer
+from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
 from mergeflow.text.train import predict, pretrain_mlm
 
@@ -111,12 +112,14 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
                        steps=int(p["steps"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                        weight_decay=float(p["weight_decay"]), warmup_steps=int(p["warmup_steps"]), seed=int(p["seed"]),
                        special_ids=special, mask_token=mask_id(tokenizer), device=resolve(cfg.device),
-                       stop_after=steps)
+                       stop_after=steps, log_every=1)
     prefix = mlm.base_model_prefix + "."
     body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in mlm.state_dict().items()
             if k.startswith(prefix) and _hf().unit(k).kind != "excluded"}
+    digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
     record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus),
-              "seed": int(p["corpus_seed"])}, "max_length": int(cfg.raw["data"]["max_length"]), "loss": log}
+              "seed": int(p["corpus_seed"]), "sha256": digest}, "max_length": int(cfg.raw["data"]["max_length"]),
+              "tokenizer_words": tokenizer.get_vocab_size(), "loss": [e["loss"] for e in log]}
     return body, config, tokenizer, record
 
 
@@ -170,6 +173,7 @@ def base(cfg: Config) -> Path:
             log = {"arch": arch, "pretrained": pretrained, "checkpoint": str(source["weights"]),
                    "checkpoint_sha256": hash_file(source["weights"])}
         check_config(config, _shapes(tmp / "model.safetensors"), str(tmp / "config.json"))
+        check_matches(load_tokenizer(tmp / "tokenizer.json"), int(config["vocab_size"]), str(tmp / "tokenizer.json"))
         write_json(tmp / "config.json", config)
         write_json(tmp / "log.json", {**log, "weights_sha256": hash_file(tmp / "model.safetensors"),
                                       "tokenizer_sha256": hash_file(tmp / "tokenizer.json")})
@@ -194,6 +198,7 @@ def _classifier(task: str):
 def prepare(cfg: Config, task: str) -> Path:
     """``data/text/prepared/<task>/{train,val,test}.safetensors``: token ids with the base's tokenizer."""
     d = cfg.raw["data"]
+    check_matches(load_tokenizer(L.tokenizer()), int(_config()["vocab_size"]), str(L.tokenizer()))
     target = L.prepared(task)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
