@@ -100,15 +100,22 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
     from mergeflow.families.hf_encoder import _transformers
 
     p, arch = cfg.raw["pretrain"], cfg.raw["model"]["arch"]
-    corpus = offline.corpus(int(p["corpus_size"]), seed=int(p["corpus_seed"]))
-    tokenizer = train_word_tokenizer(corpus, language.vocabulary())
+    # two thirds single sentences, one third sentence pairs (offline.pair_corpus), as BERT pre-trains on pairs
+    n_pairs = int(p["corpus_size"]) // 3
+    corpus = offline.corpus(int(p["corpus_size"]) - n_pairs, seed=int(p["corpus_seed"]))
+    pairs = offline.pair_corpus(n_pairs, seed=int(p["corpus_seed"]))
+    tokenizer = train_word_tokenizer([*corpus, *(f"{a} {b}" for a, b in pairs)], language.vocabulary())
     config = {**TEXT_ARCHS[arch], "vocab_size": tokenizer.get_vocab_size()}
     tf = _transformers()
     torch.manual_seed(int(p["seed"]))
     mlm = tf.AutoModelForMaskedLM.from_config(tf.AutoConfig.for_model(
         **{k: v for k, v in config.items() if k != "model_type"}, model_type=config["model_type"]))
     special = sorted({tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")})
-    log = pretrain_mlm(mlm, encode(tokenizer, corpus, None, int(cfg.raw["data"]["max_length"])),
+    length = int(cfg.raw["data"]["max_length"])
+    singles = encode(tokenizer, corpus, None, length)
+    joined = encode(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], length) if pairs else singles
+    arrays = {k: np.concatenate([singles[k], joined[k]]) if pairs else singles[k] for k in singles}
+    log = pretrain_mlm(mlm, arrays,
                        steps=int(p["steps"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                        weight_decay=float(p["weight_decay"]), warmup_steps=int(p["warmup_steps"]), seed=int(p["seed"]),
                        special_ids=special, mask_token=mask_id(tokenizer), device=resolve(cfg.device),
@@ -116,8 +123,8 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
     prefix = mlm.base_model_prefix + "."
     body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in mlm.state_dict().items()
             if k.startswith(prefix) and _hf().unit(k).kind != "excluded"}
-    digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
-    record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus),
+    digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs)]).encode()).hexdigest()
+    record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus), "pairs": len(pairs),
               "seed": int(p["corpus_seed"]), "sha256": digest}, "max_length": int(cfg.raw["data"]["max_length"]),
               "tokenizer_words": tokenizer.get_vocab_size(), "loss": [e["loss"] for e in log]}
     return body, config, tokenizer, record

@@ -216,3 +216,26 @@ def corpus(count: int, seed: int = 0) -> list[str]:
             text = L.sentence([_pick(rng, L.NUMBERS), *members[:1], "and", *members[1:2], "are", cls + "s"])
         out.append(text)
     return out
+
+
+def pair_corpus(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Unlabeled sentence pairs for pre-training: a clause and its rewording, the clause with one slot changed,
+    a question about it, or an unrelated clause. Masked-LM on pairs is where a model learns to look across
+    the separator (a masked word is often the other sentence's word or its synonym), which every pair task
+    then needs; no pair carries a label, and none is drawn by a task's generator."""
+    rng = _rng(seed, "pairs")
+    out = []
+    for _ in range(count):
+        clause = L.random_clause(rng, transitive=rng.random() < 0.7)
+        kind = rng.random()
+        if kind < 0.3:
+            second = L.sentence(clause.words(synonyms=True))
+        elif kind < 0.55:
+            fields = ["subject", "verb", *(["obj"] if clause.obj else [])]
+            second = L.sentence(L.changed(clause, rng, _pick(rng, fields)).words(synonyms=rng.random() < 0.5))
+        elif kind < 0.75 and clause.obj:
+            second = " ".join(L.question_about(clause, _pick(rng, ["subject", "object"])))
+        else:
+            second = L.sentence(L.random_clause(rng).words())
+        out.append((L.sentence(clause.words()), second))
+    return out
