@@ -97,4 +97,21 @@ def test_variant_at_scale_auto_stands_for_the_grid():
 @pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_validates(path):
     cfg = config.load(path)
-    assert cfg.tasks and cfg.merge_runs()
+    for one in cfg.configs if cfg.suite == "all" else [cfg]:  # a suites file: each of its suites
+        assert one.tasks and one.merge_runs()
+
+
+@pytest.mark.parametrize("text,words", [
+    ("name: x\nsuites: params.yaml\n", "suites must be a list of configuration files"),
+    ("name: x\nsuites: [nope.yaml]\n", "suites[0] = 'nope.yaml': not found"),
+    ("name: x\nsuites: [params.yaml, params.yaml]\n", "are both vision suites; one of each kind"),
+    ("name: x\nsuites: [../params.yaml]\n", "suites[0] = '../params.yaml'"),
+    ("suites: [params.yaml]\n", "a suites file holds name and suites only (name is missing)"),
+    ("name: x\nseed: 0\nsuites: [params.yaml]\n", "a suites file holds name and suites only (unexpected seed)"),
+])
+def test_a_bad_suites_file_is_one_line_naming_it(tmp_path, monkeypatch, text, words):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    (tmp_path / "suites.yaml").write_text(text)
+    with pytest.raises(config.MergeflowError) as exc:
+        config.load(tmp_path / "suites.yaml")
+    assert words in str(exc.value) and "\n" not in str(exc.value), str(exc.value)

@@ -84,16 +84,23 @@ def test_every_shipped_configuration_generates_a_dvc_yaml_with_all_its_runs(para
 
     cfg = config.load(params)
     (tmp_path / "dvc.yaml").write_text(dag.render(cfg, ROOT))
-    (tmp_path / "params.yaml").write_text(params.read_text())
+    suites = cfg.configs if cfg.suite == "all" else [cfg]  # a suites file: each suite's file beside it
+    for one in suites:
+        target = tmp_path / ("params.yaml" if one is cfg else one.source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(Path(one.source).read_text())
     from dvc.repo import Repo
 
     Repo.init(str(tmp_path), no_scm=True)
     with Repo(str(tmp_path)) as repo:
         cmds = {normal(s.cmd) for s in repo.index.stages}
-    assert {f"mergeflow merge --method {r.name} --evaluate" for r in cfg.merge_runs()} <= cmds
-    assert {f"mergeflow features --variant {v.name}" for v in cfg.variants()} <= cmds
-    assert not {c for c in cmds if c.startswith("mergeflow merge")} - {
-        f"mergeflow merge --method {r.name} --evaluate" for r in cfg.merge_runs()}
+    expected_merges, expected_features = set(), set()
+    for one in suites:
+        mf = "mergeflow" if one is cfg or one.source == "params.yaml" else f"mergeflow --params {one.source}"
+        expected_merges |= {f"{mf} merge --method {r.name} --evaluate" for r in one.merge_runs()}
+        expected_features |= {f"{mf} features --variant {v.name}" for v in one.variants()}
+    assert expected_merges <= cmds and expected_features <= cmds
+    assert not {c for c in cmds if " merge " in c} - expected_merges
 
 
 def test_a_stale_dvc_yaml_is_refused_with_the_command_that_fixes_it(tmp_path):

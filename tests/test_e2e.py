@@ -630,7 +630,7 @@ def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_reg
     assert metrics["metric"] == {"sentiment": "accuracy", "paraphrase": "f1_accuracy", "similarity": "pearson_spearman"}
     assert float(rows["individual"]["normalized"]) == 100.0
     page = (ws / "reports/text/report.html").read_text()
-    assert "The papers' regime" in page and "lot > cat" in page and "every ||T_k|| / ||theta_pre||" in page
+    assert "The papers' regime" in page and "lot &gt; cat" in page and "every ||T_k|| / ||theta_pre||" in page
     merged = load_tensors(ws / "models/text/merged/lot.safetensors")  # the body only: each task keeps its head
     assert merged and not any(k.startswith("classifier.") for k in merged)
 

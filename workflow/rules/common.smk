@@ -24,7 +24,7 @@ else:
 
 
 def mergeflow_command(cfg):
-    """How a rule of ``cfg``'s suite calls the CLI: with ``--params`` unless its file is params.yaml."""
+    """How the CLI is called for ``cfg``'s suite: with ``--params`` unless its file is params.yaml."""
     return "mergeflow" if os.path.normpath(cfg.source) == "params.yaml" else f"mergeflow --params {cfg.source}"
 
 
@@ -71,3 +71,16 @@ def run_code(wildcards):
 
 def run_params(wildcards):
     return RUNS[wildcards.run].hparams
+
+
+# the text suite's (workflow/rules/text.smk defines TEXT_RUNS)
+def text_run_code(wildcards):
+    return mf_dag.stage_code("merge", ".", TEXT_RUNS[wildcards.run].method, suite="text")
+
+
+def text_run_stats(wildcards):
+    return [f"data/text/features/{v.name}" for v in TEXT_RUNS[wildcards.run].variants]
+
+
+def text_run_params(wildcards):
+    return TEXT_RUNS[wildcards.run].hparams

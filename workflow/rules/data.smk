@@ -20,7 +20,7 @@ rule fetch:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " fetch > {log} 2>&1"
+        f"{MF} fetch > {{log}} 2>&1"
 
 
 rule prepare:
@@ -43,4 +43,4 @@ rule prepare:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " prepare > {log} 2>&1"
+        f"{MF} prepare > {{log}} 2>&1"

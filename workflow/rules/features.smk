@@ -17,7 +17,7 @@ rule exemplars:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " exemplars > {log} 2>&1"
+        f"{MF} exemplars > {{log}} 2>&1"
 
 
 rule features:
@@ -45,4 +45,4 @@ rule features:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " features --variant {wildcards.variant:q} > {log} 2>&1"
+        f"{MF} features --variant {{wildcards.variant:q}} > {{log}} 2>&1"

@@ -27,4 +27,4 @@ rule merge:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
+        f"{MF} merge --method {{wildcards.run:q}} --evaluate > {{log}} 2>&1"

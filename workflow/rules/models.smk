@@ -20,7 +20,7 @@ rule import_models:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " import > {log} 2>&1"
+        f"{MF} import > {{log}} 2>&1"
 
 
 rule base:
@@ -47,7 +47,7 @@ rule base:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " base > {log} 2>&1"
+        f"{MF} base > {{log}} 2>&1"
 
 
 rule heads:
@@ -71,7 +71,7 @@ rule heads:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " heads > {log} 2>&1"
+        f"{MF} heads > {{log}} 2>&1"
 
 
 rule finetune:
@@ -99,7 +99,7 @@ rule finetune:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " finetune > {log} 2>&1"
+        f"{MF} finetune > {{log}} 2>&1"
 
 
 rule reference:
@@ -127,4 +127,4 @@ rule reference:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " evaluate --model zeroshot individual > {log} 2>&1"
+        f"{MF} evaluate --model zeroshot individual > {{log}} 2>&1"

@@ -21,4 +21,4 @@ rule report:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        MF + " report > {log} 2>&1"
+        f"{MF} report > {{log}} 2>&1"

@@ -20,18 +20,6 @@ TEXT_BASE_READS = ([] if _pretrained in (None, "packaged") else [_pretrained] if
                    else ["src/mergeflow/models/pretrained"])
 
 
-def text_run_code(wildcards):
-    return mf_dag.stage_code("merge", ".", TEXT_RUNS[wildcards.run].method, suite="text")
-
-
-def text_run_stats(wildcards):
-    return [f"data/text/features/{v.name}" for v in TEXT_RUNS[wildcards.run].variants]
-
-
-def text_run_params(wildcards):
-    return TEXT_RUNS[wildcards.run].hparams
-
-
 TARGETS += [
     "reports/text/report.html",
     *expand("models/text/merged/{run}.safetensors", run=TEXT_RUNS),
@@ -56,7 +44,7 @@ if TEXT_GLUE and TEXT_RAW["data"]["download"]:
         conda:
             "../envs/mergeflow.yaml"
         shell:
-            TEXT_MF + " fetch > {log} 2>&1"
+            f"{TEXT_MF} fetch > {{log}} 2>&1"
 
 
 rule text_base:
@@ -80,7 +68,7 @@ rule text_base:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " base > {log} 2>&1"
+        f"{TEXT_MF} base > {{log}} 2>&1"
 
 
 rule text_prepare:
@@ -102,7 +90,7 @@ rule text_prepare:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " prepare > {log} 2>&1"
+        f"{TEXT_MF} prepare > {{log}} 2>&1"
 
 
 rule text_finetune:
@@ -126,7 +114,7 @@ rule text_finetune:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " finetune > {log} 2>&1"
+        f"{TEXT_MF} finetune > {{log}} 2>&1"
 
 
 rule text_exemplars:
@@ -146,7 +134,7 @@ rule text_exemplars:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " exemplars > {log} 2>&1"
+        f"{TEXT_MF} exemplars > {{log}} 2>&1"
 
 
 rule text_features:
@@ -173,7 +161,7 @@ rule text_features:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " features --variant {wildcards.variant:q} > {log} 2>&1"
+        f"{TEXT_MF} features --variant {{wildcards.variant:q}} > {{log}} 2>&1"
 
 
 rule text_reference:
@@ -199,7 +187,7 @@ rule text_reference:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " evaluate --model individual zeroshot > {log} 2>&1"
+        f"{TEXT_MF} evaluate --model individual zeroshot > {{log}} 2>&1"
 
 
 rule text_merge:
@@ -230,7 +218,7 @@ rule text_merge:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
+        f"{TEXT_MF} merge --method {{wildcards.run:q}} --evaluate > {{log}} 2>&1"
 
 
 rule text_report:
@@ -255,4 +243,4 @@ rule text_report:
     conda:
         "../envs/mergeflow.yaml"
     shell:
-        TEXT_MF + " report > {log} 2>&1"
+        f"{TEXT_MF} report > {{log}} 2>&1"

@@ -116,3 +116,61 @@ def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype
     for name in ("gram", "sqnorm", "counts"):
         setattr(stats, name, {k: v.cpu() for k, v in getattr(stats, name).items()})
     return stats.per_task() if weighting == "task" else stats
+
+
+def _log_likelihood(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-example log-likelihood: of the class for a classifier, of the score under a unit-variance Gaussian
+    for a one-output (regression) model."""
+    if logits.shape[-1] == 1:
+        return -0.5 * (logits.squeeze(-1) - target.float()) ** 2
+    return torch.log_softmax(logits, -1).gather(-1, target.long().view(-1, 1)).squeeze(-1)
+
+
+def _body(model: nn.Module, family) -> dict[str, nn.Parameter]:
+    return {k: p for k, p in model.named_parameters() if family.unit(k).kind not in ("head", "excluded")}
+
+
+def token_fisher(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor | None, family, *,
+                 seed: int = 0, device="cpu") -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of a text classifier's body: the mean over sequences of the squared gradient of
+    ``log p(y|x)`` (``labels`` None: y drawn from the model), one sequence at a time (padding never counts:
+    each sequence is cut to its real tokens)."""
+    model = model.to(device).eval()
+    params = _body(model, family)
+    total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
+    gen = torch.Generator().manual_seed(seed)
+    n = len(batch["input_ids"])
+    for i in tqdm(range(n), desc="fisher", mininterval=2.0, leave=False):
+        length = int(batch["attention_mask"][i].sum())
+        one = {k: v[i:i + 1, :length].to(device) for k, v in batch.items()}
+        logits = model(**one).logits
+        if labels is not None:
+            target = labels[i:i + 1].to(device)
+        elif logits.shape[-1] == 1:
+            target = (logits.detach() + torch.randn(logits.shape, generator=gen).to(device)).squeeze(-1)
+        else:
+            target = torch.multinomial(torch.softmax(logits.detach(), -1).cpu(), 1, generator=gen).view(-1).to(device)
+        grads = torch.autograd.grad(_log_likelihood(logits, target).sum(), list(params.values()), allow_unused=True)
+        for (k, _), g in zip(params.items(), grads, strict=True):
+            if g is not None:
+                total[k] += g.detach().float() ** 2
+    return {k: (v / max(1, n)).cpu() for k, v in total.items()}
+
+
+def token_gradient(model: nn.Module, batch: Mapping[str, torch.Tensor], labels: torch.Tensor, family, *,
+                   batch_size: int = 64, device="cpu") -> dict[str, torch.Tensor]:
+    """Mean over mini-batches of ``|∇ loss|`` of a text classifier's body (cross-entropy, or squared error for
+    a regression), at the weights ``model`` holds (TATR: the pre-trained body with the task's head)."""
+    model = model.to(device).eval()
+    params = _body(model, family)
+    total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
+    n, batches = len(batch["input_ids"]), 0
+    for start in range(0, n, batch_size):
+        part = {k: v[start:start + batch_size].to(device) for k, v in batch.items()}
+        loss = -_log_likelihood(model(**part).logits, labels[start:start + batch_size].to(device)).mean()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (k, _), g in zip(params.items(), grads, strict=True):
+            if g is not None:
+                total[k] += g.detach().float().abs()
+        batches += 1
+    return {k: (v / max(1, batches)).cpu() for k, v in total.items()}

@@ -27,6 +27,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.families import get_family
 from mergeflow.features.exemplars import sample_exemplars
 from mergeflow.features.stats import TaskStats
+from mergeflow.features.tokens import token_fisher, token_gradient
 from mergeflow.io import (
     hash_file,
     hash_file_cached,
@@ -298,12 +299,10 @@ def _scaled(task: str, scale: float):
 
 
 def features(cfg: Config, task: str, variant: str) -> Path:
-    """Token statistics ``variant`` (``gram`` only) of ``task`` on its first n exemplars; a grid variant is one
-    file per non-zero value of ``evaluate.scale_grid``."""
+    """Statistics ``variant`` of ``task`` on its first n exemplars: token Grams and energies, the diagonal
+    Fisher (Fisher merging) or mean absolute gradients (TATR) of the body; a grid variant is one file per
+    non-zero value of ``evaluate.scale_grid``."""
     v = Variant.parse(variant)
-    if v.kind != "gram":
-        raise MergeflowError(f"variant {variant}: the text suite records token Grams only ({v.kind} statistics of "
-                             "a text classifier are not implemented)")
     if not v.is_grid:
         return _features_at(cfg, task, v, v.scale_value, L.features(variant, task))
     for s in cfg.evaluate.scale_grid:
@@ -324,10 +323,18 @@ def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) ->
         raise MergeflowError(f"{ex_file}: indices outside the train split; rerun `mergeflow exemplars --task {task}`")
     arrays = {k: torch.from_numpy(v_[index].astype(np.int64)) for k, v_ in _inputs(train).items()}
     bs = int(cfg.features.batch_size)
-    batches = ({k: t[i:i + bs] for k, t in arrays.items()} for i in range(0, len(index), bs))
-    dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
-    stats = _hf().statistics(_scaled(task, scale).to(resolve(cfg.device)), batches, dtype=dtype,
-                             weighting=cfg.raw["features"].get("weighting", "tokens"))
+    device = resolve(cfg.device)
+    model = _scaled(task, scale).to(device)
+    labels = torch.from_numpy(train["labels"][index])
+    if v.kind == "gram":
+        batches = ({k: t[i:i + bs] for k, t in arrays.items()} for i in range(0, len(index), bs))
+        dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
+        stats = _hf().statistics(model, batches, dtype=dtype, weighting=cfg.raw["features"].get("weighting", "tokens"))
+    elif v.kind == "fisher":
+        stats = TaskStats(fisher=token_fisher(model, arrays, labels if cfg.features.fisher_labels else None, _hf(),
+                                              seed=v.seed, device=device))
+    else:
+        stats = TaskStats(grad=token_gradient(model, arrays, labels, _hf(), batch_size=bs, device=device))
     meta = {"variant": v.name, "task": task, "scale": scale, "exemplars": str(ex_file),
             "exemplars_sha256": hash_file(ex_file), "base_sha256": hash_file(L.base_weights()),
             "expert_sha256": hash_file(L.expert(task))}
@@ -429,8 +436,13 @@ def merge(cfg: Config, run_name: str) -> Path:
                 "grid": curve}
     inputs = {str(L.base_weights()): hash_file(L.base_weights())}
     inputs.update({str(L.expert(t)): hash_file(L.expert(t)) for t in cfg.tasks})
-    save_tensors(L.merged(run.name), {k: v.contiguous() for k, v in merged.items()},
-                 {"run": run.name, "method": run.method, "suite": "text"})
+    if spec.task_aware:  # a shared part and a per-task part, in one file (as for images)
+        tensors, layout = merged.to_tensors()
+        save_tensors(L.merged(run.name), tensors, {"run": run.name, "method": run.method, "suite": "text",
+                                                   "task_aware": layout})
+    else:
+        save_tensors(L.merged(run.name), {k: v.contiguous() for k, v in merged.items()},
+                     {"run": run.name, "method": run.method, "suite": "text"})
     write_json(L.merge_report(run.name), {
         "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper, "suite": "text",
         "hyperparameters": run.hparams, "sweep": list(run.sweep) if run.sweep else None, "scale": info,
@@ -455,7 +467,14 @@ def evaluate(cfg: Config, model_name: str) -> Path:
         if not file.is_file():
             raise MergeflowError(f"{file}: not found; run `mergeflow merge --method {model_name}`")
         body = load_tensors(file)
-        bodies = dict.fromkeys(cfg.tasks, body)
+        layout = load_metadata(file).get("task_aware")
+        if layout:  # a task-aware result: each task scored with its own part
+            from mergeflow.merge.task_aware import from_tensors
+
+            part, pre = from_tensors(body, layout), _pre(cfg.tasks[0])
+            bodies = {t: part.state(pre, t) for t in cfg.tasks}
+        else:
+            bodies = dict.fromkeys(cfg.tasks, body)
         inputs[str(file)] = hash_file(file)
     scores = {t: test(bodies[t], t) for t in cfg.tasks}
     numbers: dict = {"average": sum(scores.values()) / len(scores)}

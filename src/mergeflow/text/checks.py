@@ -8,10 +8,10 @@ from mergeflow.merge import METHODS
 from mergeflow.text.models import check_text_model
 from mergeflow.text.tasks import TEXT_TASKS
 
-# statistics the text suite records: token Grams and energies (features.tokens); Fisher and gradient
-# statistics of a text classifier are not implemented, nor are the methods that run the model inside
-# the merge (AdaMerging, Surgery, TALL masks, Consensus) or keep a per-task part (EMR)
-TEXT_STAT_KINDS = {"gram"}
+# statistics the text suite records (features.tokens): token Grams and energies, the body's Fisher and mean
+# absolute gradients; the methods that run the model inside the merge (AdaMerging, Surgery, TALL masks,
+# Consensus) are not on the text path yet
+TEXT_STAT_KINDS = {"gram", "fisher", "grad"}
 
 
 def unsupported(method: str) -> str | None:
@@ -19,8 +19,6 @@ def unsupported(method: str) -> str | None:
     spec = METHODS[method]
     if spec.uses:
         return f"it runs the model during the merge ({', '.join(spec.uses)}), which only the vision suite provides"
-    if spec.task_aware:
-        return "its result is per task, which the text suite's evaluation does not read yet"
     kinds = {need.kind for need in spec.needs} - TEXT_STAT_KINDS
     if kinds:
         return f"it needs {', '.join(sorted(kinds))} statistics, which the text suite does not record"
