@@ -71,6 +71,8 @@ def test_the_tiny_text_configuration_loads_as_a_text_suite(tmp_path):
     (lambda r: r["model"].__setitem__("pretrained", "packaged"), "'mf-roberta-micro' is not a packaged model"),
     (lambda r: r["merge"]["methods"].append("adamerging"), "'adamerging' is not available for the text suite: it"),
     (lambda r: r["merge"]["methods"].append("tall_masks"), "'tall_masks' is not available for the text suite: it"),
+    (lambda r: r["merge"]["tatr"].__setitem__("examples", 999),
+     "tatr needs 999 exemplars per task but exemplars.pool = 16"),
     (lambda r: r.__setitem__("suite", "audio"), "suite = 'audio': must be one of vision, text"),
     (lambda r: r["features"].__setitem__("weighting", "words"), "features.weighting = 'words'"),
     (lambda r: r["data"].__setitem__("tasks", ["sst2"]), "data.download is false but data.local_dir is not set"),

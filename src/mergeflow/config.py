@@ -304,7 +304,7 @@ def _check_semantics(cfg: Config) -> None:
                     raise MergeflowError(f"{src}: sweeps.{method}.{param}: {exc}") from None
     for run in cfg.merge_runs():
         for v in run.variants:
-            if v.kind == "gram" and v.count > pool:
+            if v.count > pool:  # every kind reads the first n exemplars of the pool
                 raise MergeflowError(f"{src}: {run.name} needs {v.count} exemplars per task but exemplars.pool = "
                                      f"{pool}; raise exemplars.pool to at least {v.count}")
 
