@@ -12,6 +12,7 @@ from mergeflow import paths
 from mergeflow.config import Config
 from mergeflow.errors import MergeflowError
 from mergeflow.io import atomic_path, read_json
+from mergeflow.merge import METHODS
 from mergeflow.text.tasks import get_text_task
 
 L = paths.TEXT
@@ -43,7 +44,9 @@ def regime(cfg: Config, table: list[dict]) -> list[dict]:
     """The regime's four checks with their measured values."""
     by = {r["model"]: r for r in table}
     ratios = read_json(L.evaluation("individual")).get("task_vector_ratio", {})
-    single = [r for r in table if r["model"] not in ("zeroshot", "individual")]
+    # one model for every task: not the references, not a task-aware result (EMR: a part per task)
+    single = [r for r in table if r["model"] not in ("zeroshot", "individual")
+              and not METHODS[cfg.run(r["model"]).method].task_aware]
     best = max(single, key=lambda r: r["normalized"], default=None)
     checks = [{"check": f"experts' mean task metric >= {REGIME['experts_min']:g}",
                "value": by["individual"]["average"], "held": by["individual"]["average"] >= REGIME["experts_min"]},
