@@ -119,19 +119,38 @@ def _stage_processes(root: "psutil.Process", command: str) -> list:
     return out
 
 
-def _interrupted_repro(ws: Path, command: str, how: str, after_s: float) -> list[int]:
-    """Start ``dvc repro``; ``after_s`` seconds into ``mergeflow <command>``, kill that stage's process with
-    SIGKILL (``kill``) or press Ctrl-C (``ctrl-c``: SIGINT to the terminal's process group). Returns the
-    ids of every process the stage had started (to check that none outlives it)."""
+def _children(stages: list) -> int:
+    count = 0
+    for p in stages:
+        try:
+            count += len(p.children(recursive=True))
+        except psutil.Error:
+            continue
+    return count
+
+
+def _interrupted_repro(ws: Path, command: str, how: str, after_s: float, workers: int = 0) -> list[int]:
+    """Start ``dvc repro``; ``after_s`` seconds into ``mergeflow <command>`` (counted from when its stage
+    process has started ``workers`` processes of its own), kill that stage's process with SIGKILL (``kill``)
+    or press Ctrl-C (``ctrl-c``: SIGINT to the terminal's process group). Returns the ids of every process
+    the stage had started (to check that none outlives it)."""
     import time
 
     proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=engine_env(ws), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     dvc = psutil.Process(proc.pid)
     deadline = time.monotonic() + 600
-    while not _stage_processes(dvc, command):
+    # a marker, not a fixed delay from the start: a stage's workers import torch before any work, so a short
+    # delay after they appear lands inside the stage however fast the machine is
+    found = None  # when the stage was first seen (a machine with one core runs its tasks in-process)
+    while True:
+        stages = _stage_processes(dvc, command)
+        if stages:
+            found = found or time.monotonic()
+            if _children(stages) >= workers or time.monotonic() - found > 5.0:
+                break
         assert proc.poll() is None and time.monotonic() < deadline, f"mergeflow {command} never started"
-        time.sleep(0.1)
+        time.sleep(0.05)
     time.sleep(after_s)
     started = {p.pid for p in _stage_processes(dvc, command)} | {c.pid for p in _stage_processes(dvc, command)
                                                                    for c in p.children(recursive=True)}
@@ -158,10 +177,13 @@ def test_kill_and_ctrl_c_at_three_points_then_a_rerun_give_the_uninterrupted_byt
     started = []
     # Each stage is found running, then stopped after_s later: short enough that the stage (a second or
     # two in the tiny run, most of it importing torch) has not finished, or DVC would go on past it.
-    for command, how, after_s in (("finetune", "kill", 4.0), ("finetune", "ctrl-c", 3.0),
-                                  ("features", "ctrl-c", 0.3), ("features", "kill", 0.3),
-                                  ("merge --method cat", "kill", 0.5), ("merge --method cat", "ctrl-c", 0.3)):
-        started += _interrupted_repro(ws, command, how, after_s)
+    # (the fine-tuning stage is stopped once its two task workers run; `--evaluate` keeps CAT's sweep runs,
+    # `cat--…`, from being taken for CAT's own merge)
+    for command, how, after_s, workers in (("finetune", "kill", 0.5, 2), ("finetune", "ctrl-c", 0.3, 2),
+                                           ("features", "ctrl-c", 0.3, 0), ("features", "kill", 0.3, 0),
+                                           ("merge --method cat --evaluate", "kill", 0.5, 0),
+                                           ("merge --method cat --evaluate", "ctrl-c", 0.3, 0)):
+        started += _interrupted_repro(ws, command, how, after_s, workers)
     assert len(started) >= 8  # the fine-tuning workers (and multiprocessing's resource tracker) were there
     deadline = time.monotonic() + 15
     while [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
