@@ -44,6 +44,7 @@ def _end_with_parent(parent: int) -> None:
     hand its result to. The multiprocessing resource tracker exits once the last worker has.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth: see run_jobs
     # the parent ends workers with SIGTERM: as an exception, so that a job's `finally` removes its
     # temporary files (nothing half-written is left beside the outputs)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -78,7 +79,16 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> lis
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_end_with_parent, initargs=(os.getpid(),))
     try:
-        futures = [pool.submit(fn, *args) for args in jobs]
+        # Submitting spawns the workers. A Ctrl-C reaches every process of the terminal's group, and a worker
+        # still starting (importing, before its initializer ignores SIGINT) would print a traceback of its
+        # own: so they are spawned with SIGINT blocked (the mask survives fork and exec; multiprocessing's
+        # resource tracker is started the same way), and this process takes a Ctrl-C that came meanwhile
+        # when it unblocks it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = [pool.submit(fn, *args) for args in jobs]
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         results = [f.result() for f in futures]
     except BaseException:
         _terminate(pool)
