@@ -497,7 +497,3 @@ def evaluate(cfg: Config, model_name: str) -> Path:
     write_json(L.evaluation(model_name), record)
     write_json(L.metrics(model_name), numbers)
     return L.metrics(model_name)
-
-
-def evaluate_merge(cfg: Config, run_name: str) -> Path:
-    return evaluate(cfg, run_name)
