@@ -663,6 +663,8 @@ def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_reg
     assert float(rows["individual"]["normalized"]) == 100.0
     page = (ws / "reports/text/report.html").read_text()
     assert "The papers' regime" in page and "lot &gt; cat" in page and "every ||T_k|| / ||theta_pre||" in page
+    # AdaMerging ran on the text suite; its entropy leaves the regression task out, and the report says so
+    assert "adamerging, task similarity: prediction entropy is undefined for a regression output" in page
     merged = load_tensors(ws / "models/text/merged/lot.safetensors")  # the body only: each task keeps its head
     assert merged and not any(k.startswith("classifier.") for k in merged)
 

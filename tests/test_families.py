@@ -274,6 +274,70 @@ def test_every_weight_method_merges_a_roberta_body(roberta_suite, name):
     assert all(torch.isfinite(v).all() for v in out.values() if v.is_floating_point())
 
 
+# --- methods that run the model, on a text body (mergeflow.text.task_data) --------------------------------
+def _token_data(roberta_suite, uses, val_accuracy=None):
+    from mergeflow.text.task_data import token_task_data
+
+    pre, experts, _ = roberta_suite
+    cfg = {**TINY, "model_type": "roberta", "pad_token_id": 1}
+    models, unlabeled = {}, {}
+    for i, (task, labels) in enumerate(zip(experts, (2, 3, 1), strict=True)):
+        models[task] = HF.build(cfg, num_labels=labels)
+        models[task].load_state_dict({**pre, **{k: v for k, v in experts[task].items() if k.startswith("classifier.")}})
+        unlabeled[task] = {k: v.numpy() for k, v in _padded_batch([10, 6, 12, 4, 9], seed=10 + i).items()}
+    return token_task_data(models, {"t2"}, uses, unlabeled, "test", val_accuracy)
+
+
+def test_token_task_data_runs_a_body_through_each_tasks_own_head(roberta_suite):
+    pre, experts, _ = roberta_suite
+    data = _token_data(roberta_suite, ("unlabeled",))
+    batches = {t: data.sample(t, 99, torch.Generator().manual_seed(0)) for t in experts}
+    assert all(len(b["input_ids"]) == 5 for b in batches.values())  # a count over the split: every row, once
+    weights = {k: v.clone().requires_grad_(True) for k, v in pre.items() if v.is_floating_point()}
+    logits = data.logits_of_tasks(weights, batches)
+    assert set(logits) == {"t0", "t1"} and logits["t0"].shape == (5, 2) and logits["t1"].shape == (5, 3)
+    with torch.no_grad():
+        direct = data.models["t1"](**batches["t1"]).logits
+    assert torch.equal(logits["t1"], direct)  # the pre-trained body: the module's own weights
+    logits["t1"].sum().backward()
+    assert float(weights["roberta.encoder.layer.0.attention.self.query.weight"].grad.abs().sum()) > 0
+    assert set(data.not_applicable) == {"t2"} and "regression" in data.not_applicable["t2"]
+    assert _token_data(roberta_suite, ("validation",)).not_applicable == {}
+
+
+def test_adamerging_on_a_text_body_starts_at_its_closed_form_and_lowers_the_entropy(roberta_suite):
+    pre, experts, _ = roberta_suite
+    data = _token_data(roberta_suite, ("unlabeled",))
+    start = merge("adamerging", pre, experts, data=data, family="hf-encoder", steps=0, init=0.3)
+    for key, value in pre.items():
+        if value.is_floating_point():
+            expected = value + 0.3 * sum(experts[t][key] - value for t in experts)
+            assert torch.allclose(start[key], expected, atol=1e-6), key
+    diagnostics = {}
+    # every row each step (batch_size over the split): plain gradient descent on a fixed objective
+    merge("adamerging", pre, experts, data=data, diagnostics=diagnostics, family="hf-encoder", steps=20, lr=0.05,
+          batch_size=99, granularity="task")
+    assert diagnostics["loss"]["last"] < diagnostics["loss"]["first"], diagnostics["loss"]
+
+
+def test_tall_masks_and_consensus_on_a_text_body_pick_each_lambda_on_validation(roberta_suite):
+    pre, experts, _ = roberta_suite
+    calls = []
+
+    def val_accuracy(weights, task):  # closest to the task's expert scores best
+        calls.append(task)
+        return -sum(float((weights[k] - experts[task][k]).pow(2).sum()) for k in weights)
+
+    data = _token_data(roberta_suite, ("validation",), val_accuracy)
+    diagnostics = {}
+    masked = merge("tall_masks", pre, experts, data=data, diagnostics=diagnostics, family="hf-encoder")
+    assert set(masked.tasks) == set(experts) and set(calls) == set(experts)
+    for task, curve in diagnostics["lambda_curves"].items():
+        assert diagnostics["lambdas"][task] == max(curve, key=lambda p: p["val_accuracy"])["lambda"]
+    consensus = merge("consensus", pre, experts, data=data, family="hf-encoder", alpha=0.3)
+    assert set(consensus) == set(pre) and all(torch.isfinite(v).all() for v in consensus.values())
+
+
 def test_an_expert_with_another_vocabulary_is_one_line_naming_both_sizes(roberta_suite):
     pre, experts, _ = roberta_suite
     key = "roberta.embeddings.word_embeddings.weight"

@@ -4,6 +4,9 @@ Most merge methods are pure functions of ``θ_pre``, the experts and precomputed
 Representation Surgery and the TALL/Consensus masks also run the encoder: on unlabeled images of each task,
 or to score a candidate on a task's validation split. The merge stage supplies those as a
 :class:`TaskData`; tests build one around a tiny encoder. The methods stay functions of their inputs.
+A suite whose models read other inputs subclasses it (:class:`mergeflow.text.task_data.TokenTaskData`:
+token batches, each task's own classification head) and overrides :meth:`TaskData.sample` and
+:meth:`TaskData.logits_of_tasks`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ class TaskData:
         merged: run name → the state dict of another run's merged model (Surgery's base).
     """
 
-    encode: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
-    heads: dict[str, torch.Tensor]
-    logit_scale: float
+    encode: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
+    logit_scale: float = 1.0
     unlabeled: dict[str, Any] = field(default_factory=dict)
     unlabeled_split: str = "test"
     val_accuracy: Callable[[dict[str, torch.Tensor], str], float] | None = None

@@ -44,6 +44,7 @@ from mergeflow.scale_choice import choose_scale, scale_rank
 from mergeflow.text import language, offline
 from mergeflow.text.models import TEXT_ARCHS, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
+from mergeflow.text.task_data import TokenTaskData, token_task_data
 from mergeflow.text.tasks import get_text_task
 from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
@@ -384,6 +385,28 @@ class _Scorer:
         return score(model, task, self.data[task], self.batch_size, self.device)
 
 
+def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None) -> TokenTaskData:
+    """The classifiers and token data the methods that run the model read (AdaMerging, TALL masks,
+    Consensus): each task's classifier with the pre-trained body and its expert's head."""
+    heads = {t: _hf().heads(load_expert(t)) for t in cfg.tasks}
+    models = {}
+    for t in cfg.tasks:
+        model = _classifier(t)
+        model.load_state_dict({**model.state_dict(), **heads[t]})
+        models[t] = model
+    split = hp.get("unlabeled", "test")
+    unlabeled = {t: _inputs(_split(t, split)) for t in cfg.tasks} if "unlabeled" in spec.uses else {}
+    val_accuracy = None
+    if "validation" in spec.uses:
+        val = val or _Scorer(cfg, cfg.tasks, "val")
+
+        def val_accuracy(weights, task):
+            return val({k: v.detach().cpu() for k, v in weights.items()}, task)
+
+    regression = {t for t in cfg.tasks if get_text_task(t).labels is None}
+    return token_task_data(models, regression, spec.uses, unlabeled, split, val_accuracy, resolve(cfg.device))
+
+
 def _normalised(scores: dict[str, float], experts: dict[str, float]) -> float:
     return sum(scores[t] / experts[t] if experts[t] > 0 else 0.0 for t in scores) / len(scores)
 
@@ -399,18 +422,22 @@ def merge(cfg: Config, run_name: str) -> Path:
     key = spec.scale
     auto = key is not None and hp[key] == "auto"
     info = {"name": key, "value": hp.get(key) if key else None, "chosen_by": "fixed"}
+    val = _Scorer(cfg, cfg.tasks, "val") if auto or "validation" in spec.uses else None
+    data = _task_data(cfg, spec, hp, val) if spec.uses else None
 
     def once(params, stats):
         diagnostics: dict = {}
         start = time.time()
-        merged = do_merge(run.method, pre, experts, stats=stats, diagnostics=diagnostics, family=FAMILY, **params)
+        merged = do_merge(run.method, pre, experts, stats=stats, diagnostics=diagnostics, data=data, family=FAMILY,
+                          **params)
+        if data is not None and data.not_applicable:
+            diagnostics["not_applicable"] = data.not_applicable
         return merged, diagnostics, time.time() - start
 
     if not auto:
         merged, diagnostics, wall = once(hp, _run_stats(cfg, run))
     else:
         per_scale = any(v.is_grid for v in run.variants)
-        val = _Scorer(cfg, cfg.tasks, "val")
         expert_val = {t: read_json(L.expert_log(t))["val_score"] for t in cfg.tasks}
         curve, kept, wall = [], None, 0.0
         if not per_scale:

@@ -9,16 +9,20 @@ from mergeflow.text.models import check_text_model
 from mergeflow.text.tasks import TEXT_TASKS
 
 # statistics the text suite records (features.tokens): token Grams and energies, the body's Fisher and mean
-# absolute gradients; the methods that run the model inside the merge (AdaMerging, Surgery, TALL masks,
-# Consensus) are not on the text path yet
+# absolute gradients
 TEXT_STAT_KINDS = {"gram", "fisher", "grad"}
+# what the text merge stage gives the methods that run the model (mergeflow.text.task_data): unlabeled token
+# batches through each task's own head, and a body's validation score. Surgery's output adapters sit between
+# the encoder and a zero-shot head, a place a GLUE classifier (its head reads the whole sequence) lacks.
+TEXT_USES = {"unlabeled", "validation"}
 
 
 def unsupported(method: str) -> str | None:
     """Why ``method`` cannot run on the text suite, or None."""
     spec = METHODS[method]
-    if spec.uses:
-        return f"it runs the model during the merge ({', '.join(spec.uses)}), which only the vision suite provides"
+    if set(spec.uses) - TEXT_USES:
+        return ("it trains adapters on the encoder's output, between the encoder and a zero-shot head, which a "
+                "text classifier's head does not have")
     kinds = {need.kind for need in spec.needs} - TEXT_STAT_KINDS
     if kinds:
         return f"it needs {', '.join(sorted(kinds))} statistics, which the text suite does not record"

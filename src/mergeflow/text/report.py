@@ -77,6 +77,16 @@ def claims(table: list[dict]) -> list[dict]:
     return out
 
 
+def left_out(cfg: Config) -> list[dict]:
+    """Tasks a run's objective could not use, and why (the merge reports' ``not_applicable``)."""
+    out = []
+    for run in cfg.merge_runs():
+        file = L.merge_report(run.name)
+        skipped = read_json(file).get("diagnostics", {}).get("not_applicable", {}) if file.is_file() else {}
+        out += [{"run": run.name, "task": task, "why": why} for task, why in sorted(skipped.items())]
+    return out
+
+
 def _csv(cfg: Config, table: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, ["model", *cfg.tasks, "average", "normalized", "scale"], lineterminator="\n")
@@ -86,7 +96,7 @@ def _csv(cfg: Config, table: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]) -> str:
+def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict], skipped: list[dict]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(t)}<br><small>{e(get_text_task(t).metric)}</small></th>" for t in cfg.tasks)
     body = "".join("<tr><td>" + e(r["model"]) + "</td>" + "".join(f"<td>{r[t]:.1f}</td>" for t in cfg.tasks)
@@ -96,6 +106,8 @@ def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]
                           for c in checks)
     claims_html = "".join(f"<li>{e(c['claim'])}: ours {e(c['ours'])} — {'held' if c['held'] else 'failed'}</li>"
                           for c in tested) or "<li>no pair of the paper's methods ran</li>"
+    skipped_html = "".join(f"<li>{e(x['run'])}, task {e(x['task'])}: {e(x['why'])}</li>" for x in skipped)
+    skipped_html = f"<h2>Not applicable</h2><ul>{skipped_html}</ul>" if skipped else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mergeflow — {e(cfg.raw['name'])} (text)</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}td:first-child{text-align:left}</style></head><body>"
@@ -105,7 +117,7 @@ def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]
             "mean over tasks of merged / expert.</p>"
             f"<table><tr><th>model</th>{head}<th>mean</th><th>normalised</th><th>scale</th></tr>{body}</table>"
             f"<h2>The papers' regime</h2><ul>{checks_html}</ul>"
-            f"<h2>LOT Table 15's order (RoBERTa on GLUE)</h2><ul>{claims_html}</ul></body></html>")
+            f"<h2>LOT Table 15's order (RoBERTa on GLUE)</h2><ul>{claims_html}</ul>{skipped_html}</body></html>")
 
 
 def build_text_report(cfg: Config) -> Path:
@@ -113,7 +125,7 @@ def build_text_report(cfg: Config) -> Path:
     table = rows(cfg)
     checks, tested = regime(cfg, table), claims(table)
     L.reports.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.csv", _csv(cfg, table)), ("report.html", _html(cfg, table, checks, tested))):
+    for name, text in (("results.csv", _csv(cfg, table)), ("report.html", _html(cfg, table, checks, tested, left_out(cfg)))):
         with atomic_path(L.reports / name) as tmp:
             Path(tmp).write_text(text)
     return L.reports / "report.html"

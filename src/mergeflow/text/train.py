@@ -19,7 +19,7 @@ def _schedule(optimizer, warmup: int, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batch(arrays: dict[str, np.ndarray], index: np.ndarray, device) -> dict[str, torch.Tensor]:
+def token_batch(arrays: dict[str, np.ndarray], index: np.ndarray, device) -> dict[str, torch.Tensor]:
     """The rows ``index`` as int64 tensors, cut after the longest real sequence among them: trailing
     padding changes no real token's output and costs as much as a token."""
     width = max(1, int(arrays["attention_mask"][index].sum(1).max()))
@@ -61,7 +61,7 @@ def pretrain_mlm(model, arrays: dict[str, np.ndarray], *, steps: int, batch_size
     log, running = [], 0.0
     for step in tqdm(range(steps if stop_after is None else min(steps, stop_after)), desc="pretrain", unit="step",
                      mininterval=5.0):
-        batch = _batch(arrays, np.sort(rng.choice(n, size=batch_size, replace=False)), "cpu")
+        batch = token_batch(arrays, np.sort(rng.choice(n, size=batch_size, replace=False)), "cpu")
         inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_token, vocab, gen)
         batch["input_ids"] = inputs
         out = model(**{k: v.to(device) for k, v in batch.items()}, labels=labels.to(device))
@@ -97,7 +97,7 @@ def finetune(model, arrays: dict[str, np.ndarray], labels: np.ndarray, *, steps:
             order, cursor = rng.permutation(n), 0
         index = np.sort(order[cursor:cursor + batch_size])
         cursor += batch_size
-        logits = model(**_batch(arrays, index, device)).logits
+        logits = model(**token_batch(arrays, index, device)).logits
         target = torch.from_numpy(labels[index]).to(device)
         loss = F.mse_loss(logits.squeeze(-1), target.float()) if regression else F.cross_entropy(logits, target.long())
         opt.zero_grad(set_to_none=True)
@@ -119,6 +119,6 @@ def predict(model, arrays: dict[str, np.ndarray], *, batch_size: int = 256, devi
     out = []
     for start in range(0, len(arrays["input_ids"]), batch_size):
         index = np.arange(start, min(start + batch_size, len(arrays["input_ids"])))
-        logits = model(**_batch(arrays, index, device)).logits
+        logits = model(**token_batch(arrays, index, device)).logits
         out.append(logits.squeeze(-1).float().cpu() if logits.shape[-1] == 1 else logits.argmax(-1).cpu())
     return torch.cat(out).numpy()
