@@ -125,7 +125,8 @@ def build_text_report(cfg: Config) -> Path:
     table = rows(cfg)
     checks, tested = regime(cfg, table), claims(table)
     L.reports.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.csv", _csv(cfg, table)), ("report.html", _html(cfg, table, checks, tested, left_out(cfg)))):
+    page = _html(cfg, table, checks, tested, left_out(cfg))
+    for name, text in (("results.csv", _csv(cfg, table)), ("report.html", page)):
         with atomic_path(L.reports / name) as tmp:
             Path(tmp).write_text(text)
     return L.reports / "report.html"
