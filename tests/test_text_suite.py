@@ -133,3 +133,40 @@ def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
         assert all(any(covered(s, {p}) or covered(p, {s}) for s in smk_in) for p in dvc_in), (cmd, dvc_in - smk_in)
 
 # a run of each engine (both suites, beside the vision run): tests/test_e2e.py
+
+
+# --- the cross-suite report -------------------------------------------------------------------------------------
+def test_the_suites_report_has_the_method_table_and_a_section_per_suite(tmp_path, monkeypatch):
+    """Metrics written by hand for both tiny suites: the table's normalised scores and ranks, Spearman over the
+    methods both ran, and each suite's section with its experts, pre-trained model and methods."""
+    import json
+
+    from mergeflow.report.suites import build_suites_report, metrics_file
+
+    shutil.copy(ROOT / "tests" / "e2e" / "tiny.yaml", tmp_path / "params.yaml")
+    shutil.copy(TINY, tmp_path / TINY.name)
+    shutil.copy(ALL_TINY, tmp_path / ALL_TINY.name)
+    monkeypatch.chdir(tmp_path)
+    suites = config.load(ALL_TINY.name)
+    vision, text = suites.of("vision"), suites.of("text")
+    both = sorted(set(vision.raw["merge"]["methods"]) & set(text.raw["merge"]["methods"]))
+    for cfg, unit in ((vision, 0.01), (text, 1.0)):  # image accuracies are fractions, GLUE metrics percent
+        methods = cfg.raw["merge"]["methods"]
+        for i, m in enumerate(methods):
+            # the text suite ranks the shared methods in the opposite order
+            rank = both.index(m) if m in both and cfg is vision else (len(both) - both.index(m) if m in both else i)
+            numbers = {"average": unit * (40 + rank), "normalized": 0.5 + rank / 100, "scale": 0.3}
+            metrics_file(cfg.suite, m).parent.mkdir(parents=True, exist_ok=True)
+            metrics_file(cfg.suite, m).write_text(json.dumps(numbers))
+        metrics_file(cfg.suite, "individual").write_text(json.dumps({"average": unit * 90}))
+        metrics_file(cfg.suite, "zeroshot").write_text(json.dumps({"average": unit * 30, "normalized": 0.3}))
+    page = build_suites_report(suites).read_text()
+    lines = (tmp_path / "reports" / "suites.csv").read_text().splitlines()
+    table = {line.split(",")[0]: line.split(",")[1:] for line in lines}
+    assert table["method"] == ["vision", "text", "vision_rank", "text_rank"]
+    assert float(table[both[-1]][0]) == pytest.approx(100 * (0.5 + (len(both) - 1) / 100))
+    assert f"vision vs text: Spearman -1.00 over {len(both)} methods" in page
+    assert "<h2>vision suite (params.yaml, tiny)</h2>" in page
+    assert "<h2>text suite (text-tiny.yaml, text-tiny)</h2>" in page
+    assert page.count("experts 90.0, pre-trained 30.0 (mean task score, %)") == 2
+    assert f"<tr><td>{both[0]}</td><td>40.0</td><td>50.0</td><td>0.3</td></tr>" in page  # a vision row

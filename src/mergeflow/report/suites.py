@@ -2,7 +2,8 @@
 
 A method × suite table of normalised scores (each task's merged score over its expert's, averaged over the
 suite's tasks), each method's rank within each suite, and the Spearman correlation of the ranks of every
-pair of suites over the methods both ran: ``reports/suites.csv`` and ``reports/suites.html``.
+pair of suites over the methods both ran: ``reports/suites.csv`` and ``reports/suites.html``; the page has a
+section per suite too (its experts, pre-trained model and methods).
 """
 
 from __future__ import annotations
@@ -49,6 +50,32 @@ def rank_agreement(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
+def suite_section(cfg) -> str:
+    """One suite's section: its experts and pre-trained model, and every configured method's mean task score,
+    normalised score and chosen scale (the suite's own report has the rest)."""
+    e = html.escape
+
+    def numbers(model: str) -> dict:
+        file = metrics_file(cfg.suite, model)
+        return read_json(file) if file.is_file() else {}
+
+    def fmt(value, scale: float = 1.0) -> str:
+        return f"{scale * float(value):.1f}" if isinstance(value, (int, float)) else ""
+
+    # the image suite stores accuracies as fractions, the text suite GLUE metrics in percent
+    unit = 100.0 if cfg.suite == "vision" else 1.0
+    experts, base = numbers("individual"), numbers("zeroshot")
+    rows = "".join(f"<tr><td>{e(m)}</td><td>{fmt(n.get('average'), unit)}</td><td>{fmt(n.get('normalized'), 100)}"
+                   f"</td><td>{e(str(n.get('scale', '')))}</td></tr>"
+                   for m in cfg.raw["merge"]["methods"] for n in [numbers(m)])
+    return (f"<h2>{e(cfg.suite)} suite ({e(cfg.source)}, {e(cfg.raw['name'])})</h2>"
+            f"<p>{len(cfg.tasks)} tasks; experts {fmt(experts.get('average'), unit)}, pre-trained "
+            f"{fmt(base.get('average'), unit)} (mean task score, %). Full report: "
+            f"<a href='{e(_page(cfg.suite))}'>{e(_page(cfg.suite))}</a>.</p>"
+            "<table><tr><th>method</th><th>mean task score</th><th>normalised</th><th>scale</th></tr>"
+            f"{rows}</table>")
+
+
 def build_suites_report(suites) -> Path:
     frame = table(suites)
     ranks = frame.rank(ascending=False, method="min")
@@ -76,7 +103,8 @@ def build_suites_report(suites) -> Path:
             "averaged over the suite's tasks) and rank within the suite. Each suite's own report: "
             + ", ".join(f"<a href='{e(_page(c.suite))}'>{e(c.suite)}</a>" for c in suites.configs) + "</p>"
             f"<table><tr><th>method</th>{''.join(f'<th>{e(s)}</th>' for s in frame.columns)}</tr>{rows}</table>"
-            f"<h2>Does a method's rank survive a change of modality?</h2><ul>{agree}</ul></body></html>")
+            f"<h2>Does a method's rank survive a change of modality?</h2><ul>{agree}</ul>"
+            + "".join(suite_section(c) for c in suites.configs) + "</body></html>")
     with atomic_path(paths.REPORTS / "suites.html") as tmp:
         Path(tmp).write_text(page)
     return paths.REPORTS / "suites.html"
