@@ -624,7 +624,9 @@ def test_a_suites_file_adds_the_text_suite_beside_a_finished_vision_run(suites_w
     table = (dvc / "reports" / "suites.csv").read_text().splitlines()
     assert table[0] == "method,vision,text,vision_rank,text_rank"
     assert {row.split(",")[0] for row in table[1:]} >= {"task_arithmetic", "lot", "cat"}
-    assert "Does a method's rank survive a change of modality?" in (dvc / "reports" / "suites.html").read_text()
+    page = (dvc / "reports" / "suites.html").read_text()
+    assert "Does a method's rank survive a change of modality?" in page
+    assert "<h2>vision suite (params.yaml, tiny)</h2>" in page and "<h2>text suite (text-tiny.yaml" in page
 
 
 def test_both_engines_run_the_text_suite_to_the_same_bytes(suites_ws):
