@@ -216,8 +216,11 @@ def _check_names_and_paths(cfg: Config) -> None:
     if not SAFE_NAME.fullmatch(str(raw["name"])):
         raise MergeflowError(f"{src}: name = {raw['name']!r}: must be a name of letters, digits and _ . + -")
     arch = raw["model"]["arch"]
-    if not SAFE_NAME.fullmatch(arch):
-        raise MergeflowError(f"{src}: model.arch = {arch!r}: must be a name of letters, digits and _ . + -")
+    # a text base may be a Hugging Face Hub id, owner/name (a name for the Hub, never a path here)
+    parts = str(arch).split("/", 1) if cfg.suite == "text" else [str(arch)]
+    if not all(SAFE_NAME.fullmatch(part) and not part.startswith(".") for part in parts):
+        raise MergeflowError(f"{src}: model.arch = {arch!r}: must be a name of letters, digits and _ . + -"
+                             + (" (or a Hub id, owner/name)" if cfg.suite == "text" else ""))
     if cfg.suite == "vision" and config_file(arch) is None:
         raise MergeflowError(f"{src}: model.arch = {arch!r}: unknown architecture (ours: mf-vit-micro, mf-vit-small, "
                              "...; open_clip's: ViT-B-32, ViT-B-16, ViT-L-14, ...)")
@@ -261,6 +264,10 @@ def _check_semantics(cfg: Config) -> None:
         # by name, not by an import statement: mergeflow.dag counts imports as code dependencies, and no vision
         # stage runs this check (the text stages import the module themselves)
         importlib.import_module("mergeflow.text.checks").check(cfg)
+    for key in ("epochs", "warmup_ratio"):
+        if cfg.suite == "vision" and cfg.raw["finetune"].get(key) is not None:
+            raise MergeflowError(f"{src}: finetune.{key} is for the text suite; the image suite counts steps "
+                                 f"(finetune.steps, finetune.warmup_steps)")
     for task in cfg.tasks if cfg.suite == "vision" else ():
         if task not in TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")

@@ -33,6 +33,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.families import FAMILIES
 from mergeflow.io import atomic_path
 from mergeflow.merge import METHODS, MethodSpec, Need
+from mergeflow.text.models import imported_folders
 from mergeflow.workspace import is_path_like
 
 SUITES_MARK = "# suites file: "
@@ -388,15 +389,19 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     pretrained = cfg.raw["model"]["pretrained"]
     base_deps = [] if pretrained in (None, "packaged") else ["src/mergeflow/models/pretrained"]
     if pretrained not in (None, "packaged") and is_path_like(pretrained):
-        base_deps = [pretrained]
+        # a Hugging Face folder; with data.download the base stage downloads it, so it is not an input
+        base_deps = [] if data["download"] else [pretrained]
+    imported = [p.as_posix() for p in imported_folders(cfg).values()]
     stages["text-base"] = _stage(d["base"], "mergeflow base", base_deps,
                                  ["seed", "model", "pretrain", "data.max_length"], code["base"], outs=[base])
     stages["text-prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
                                     ["data.tasks", "data.val_fraction", "data.max_val", "data.split_seed",
                                      "data.generate", "data.max_length"], code["prepare"], outs=[prepared])
-    stages["text-finetune"] = _stage(d["finetune"], "mergeflow finetune", [base, prepared],
-                                     ["data.tasks", "finetune", "evaluate.batch_size"], code["finetune"],
-                                     outs=[experts])
+    stages["text-finetune"] = _stage(d["finetune"] if not imported else "every task's published classifier "
+                                     "(model.import), checked against the base and scored on validation",
+                                     "mergeflow finetune", [base, prepared, *imported],
+                                     ["data.tasks", "finetune", "evaluate.batch_size",
+                                      *(["model.import"] if imported else [])], code["finetune"], outs=[experts])
     stages["text-exemplars"] = _stage(d["exemplars"], "mergeflow exemplars", [prepared], ["exemplars"],
                                       code["exemplars"], outs=[L.exemplars_dir.as_posix()])
     feature_deps = [base, experts, L.exemplars_dir.as_posix(), prepared]

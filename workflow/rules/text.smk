@@ -16,8 +16,11 @@ TEXT_GLUE = [t for t in TEXT_TASKS if mf_dag.text_task_kind(t) == "glue"]
 TEXT_FETCHED = ([f"{TEXT_RAW['data']['raw_dir']}/{t}" for t in TEXT_GLUE] if TEXT_RAW["data"]["download"]
                 else [TEXT_RAW["data"]["local_dir"]] if TEXT_GLUE else [])
 _pretrained = TEXT_RAW["model"]["pretrained"]
-TEXT_BASE_READS = ([] if _pretrained in (None, "packaged") else [_pretrained] if mf_dag.is_path_like(_pretrained)
+# a Hugging Face folder is an input unless the base stage downloads it (data.download)
+TEXT_BASE_READS = ([] if _pretrained in (None, "packaged") else
+                   ([] if TEXT_RAW["data"]["download"] else [_pretrained]) if mf_dag.is_path_like(_pretrained)
                    else ["src/mergeflow/models/pretrained"])
+TEXT_IMPORTED = [p.as_posix() for p in mf_dag.imported_folders(TEXT_CFG).values()]
 
 
 TARGETS += [
@@ -97,12 +100,14 @@ rule text_finetune:
     input:
         "models/text/base",
         "data/text/prepared",
+        TEXT_IMPORTED,
         code=TEXT_CODE["finetune"],
     output:
         directory("models/text/experts"),
     params:
         tasks=TEXT_TASKS,
         finetune=TEXT_RAW["finetune"],
+        imported=TEXT_RAW["model"].get("import"),
         batch_size=TEXT_RAW["evaluate"]["batch_size"],
     threads: TEXT_THREADS["finetune"]
     resources:

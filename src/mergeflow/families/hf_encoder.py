@@ -70,6 +70,56 @@ def load(folder: str | Path, num_labels: int | None = None):
     return model.eval()
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
+
+
+def read_folder(folder: str | Path, num_labels: int | None = None) -> tuple[dict, dict]:
+    """The config and weights of a Hugging Face BERT/RoBERTa folder (``config.json`` and ``model.safetensors``,
+    or ``pytorch_model.bin`` through the restricted unpickler), under the names :func:`build` gives.
+
+    With ``num_labels`` None: the body, whatever the folder holds (a bare encoder, a masked LM or a classifier:
+    the task model's prefix stripped, its head dropped). Else a sequence classifier's weights with a head of
+    ``num_labels`` outputs (a published GLUE checkpoint). A tensor the model needs and the folder lacks, or a
+    head of another size, is one line naming it.
+    """
+    from mergeflow.io import read_json
+    from mergeflow.models.community import _hf_state
+
+    folder = Path(folder)
+    file = folder / "config.json"
+    if not file.is_file():
+        raise MergeflowError(f"{folder}: no config.json (a Hugging Face model folder)")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise MergeflowError(f"{file}: over {MAX_CONFIG_BYTES} bytes; not a model configuration")
+    config = read_json(file)
+    if not isinstance(config, dict):
+        raise MergeflowError(f"{file}: not a JSON object")
+    config = {k: v for k, v in config.items() if k not in ("architectures", "id2label", "label2id", "num_labels")}
+    state = {k: v for k, v in _hf_state(folder).items() if HF_ENCODER.unit(k).kind != "excluded"}
+    check_config(config, {k: tuple(v.shape) for k, v in state.items()}, str(file))
+    wanted = build(config, num_labels).state_dict()
+    prefix = f"{config['model_type']}."
+    if num_labels is None:
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()
+                 if HF_ENCODER.unit(k).kind != "head"}
+    else:
+        state = {k if k.startswith(prefix) or HF_ENCODER.unit(k).kind == "head" else prefix + k: v
+                 for k, v in state.items()}
+    where = folder / ("model.safetensors" if (folder / "model.safetensors").is_file() else "pytorch_model.bin")
+    out = {}
+    for key, ref in wanted.items():
+        if HF_ENCODER.unit(key).kind == "excluded":
+            continue
+        if key not in state:
+            raise MergeflowError(f"{where}: {key} is missing")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise MergeflowError(f"{where}: {key} has shape {tuple(state[key].shape)}, the model "
+                                 f"{tuple(ref.shape)}" + (f" ({num_labels} outputs)" if key.startswith("classifier")
+                                                          else ""))
+        out[key] = state[key].to(ref.dtype).contiguous()
+    return config, out
+
+
 def _shapes(file: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape from a safetensors header, without reading the tensors."""
     from safetensors import safe_open

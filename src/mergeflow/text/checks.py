@@ -43,6 +43,17 @@ def check(cfg) -> None:
     if glue and not raw["data"]["download"] and raw["data"].get("local_dir") is None:
         raise MergeflowError(f"{src}: data.download is false but data.local_dir is not set: name the folder that "
                              f"holds your GLUE copies of {', '.join(glue)} as <local_dir>/<task>/")
+    spec = raw["model"].get("import") or {}
+    if spec.get("format") not in (None, "hf"):
+        raise MergeflowError(f"{src}: model.import.format = {spec['format']!r}: the text suite imports Hugging Face "
+                             "folders (format: hf, one folder per task under root)")
+    if spec.get("format") == "hf":
+        if not spec.get("root"):
+            raise MergeflowError(f"{src}: model.import.root is required: the folder holding one Hugging Face "
+                                 "classifier folder per task")
+        unknown = sorted(set(spec.get("tasks") or {}) - set(cfg.tasks))
+        if unknown:
+            raise MergeflowError(f"{src}: model.import.tasks: {unknown[0]!r} is not in data.tasks")
     for method in [*raw["merge"]["methods"], *raw["sweeps"]]:
         why = unsupported(method)
         if why is not None:

