@@ -112,9 +112,22 @@ def test_text_stages_say_their_suite_and_depend_on_the_text_code_only():
         assert not any(d.startswith("src/mergeflow/text/") or d.endswith("stages/text.py") for d in stage["deps"]), name
 
 
-@pytest.mark.parametrize("suites", [False, True], ids=["text", "vision+text"])
+@pytest.mark.parametrize("suites", [False, True, "import"], ids=["text", "vision+text", "text+import"])
 def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
-    ws = _workspace(tmp_path / "ws", suites=suites)
+    params = TINY
+    if suites == "import":  # published experts: each task's folder is an input of text-finetune
+        raw = _raw()
+        raw["model"]["import"] = {"format": "hf", "root": "published", "tasks": {"sentiment": "sst2"}}
+        params = tmp_path / "import.yaml"
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        for name in ("sst2", "paraphrase", "similarity"):
+            (tmp_path / "ws" / "published" / name).mkdir(parents=True)
+            (tmp_path / "ws" / "published" / name / "config.json").write_text("{}")
+        suites = False
+    ws = _workspace(tmp_path / "ws", params, suites=suites)
+    if params != TINY:
+        finetune = dag.text_stages(config.load(ws / "params.yaml"), ws)["text-finetune"]
+        assert "published/sst2" in finetune["deps"] and "model.import" in str(finetune["params"])
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
     dvc = dvc_stages(ws)
     smk = snakemake_jobs(ws, "--forceall", *(["--configfile", ALL_TINY.name] if suites else []))

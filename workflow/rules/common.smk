@@ -35,7 +35,9 @@ RUNS = {run.name: run for run in CFG.merge_runs()}
 VARIANTS = [v.name for v in CFG.variants()]
 # the files an import reads (each one an input, so a replaced checkpoint reruns it); the default root when
 # nothing is imported, as in dvc.yaml
-IMPORT_ROOT = [str(p) for p in mf_importer.source_files(CFG)] or [str(mf_paths.COMMUNITY)]
+# (the vision suite's import: a text suite's model.import is read by its text-finetune rule)
+IMPORT_ROOT = ([str(p) for p in mf_importer.source_files(VISION_CFG)] if VISION_CFG else []) or [
+    str(mf_paths.COMMUNITY)]
 
 # configured paths that rules read and nothing writes (dataset copies read in place, a checkpoint file)
 READS = mf_dag.read_only_inputs(CFG)

@@ -51,6 +51,7 @@ from mergeflow.text.tasks import get_text_task
 from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
 from mergeflow.text.train import predict, pretrain_mlm
+from mergeflow.workers import cpu_cores, run_jobs, threads_per_job
 from mergeflow.workspace import is_path_like
 
 FAMILY = "hf-encoder"
@@ -319,6 +320,8 @@ def finetune(cfg: Config, task: str) -> Path:
         return _import_expert(cfg, task, folder)
     f = cfg.raw["finetune"]
     device = resolve(cfg.device)
+    if device.type == "cpu":  # as for images: the same threads alone or beside other tasks, the same bytes
+        torch.set_num_threads(threads_per_job(len(cfg.tasks)))
     # the head's initialisation: one seed per task, whatever the order tasks are trained in
     torch.manual_seed(int(f["seed"]) * 1000003 + zlib.crc32(task.encode()))
     model = _classifier(task)
@@ -337,7 +340,16 @@ def finetune(cfg: Config, task: str) -> Path:
 
 
 def finetune_tasks(cfg: Config, tasks: list[str]) -> list[Path]:
-    return [finetune(cfg, t) for t in tasks]
+    """One expert per task: on CPU side by side in worker processes (a width-128 model keeps two threads
+    busy no better than one), on a GPU one after the other in this process."""
+    workers = 1
+    if resolve(cfg.device).type == "cpu" and not imported_folders(cfg):
+        workers = min(len(tasks), max(1, cpu_cores() // threads_per_job(len(cfg.tasks))))
+    return run_jobs(_finetune_job, [(cfg.raw, cfg.source, task) for task in tasks], workers)
+
+
+def _finetune_job(raw: dict, source: str, task: str) -> Path:
+    return finetune(Config(raw, source), task)
 
 
 def _pre(task: str) -> dict[str, torch.Tensor]:
