@@ -130,4 +130,4 @@ def get_family(name: str | Family) -> Family:
         raise MergeflowError(f"model.family: unknown family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
-from mergeflow.families import hf_encoder, open_clip_vit  # noqa: E402,F401  (each import registers its family)
+from mergeflow.families import hf_decoder, hf_encoder, open_clip_vit  # noqa: E402,F401  (each import registers its family)

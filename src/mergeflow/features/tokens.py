@@ -1,11 +1,12 @@
 """Layer statistics of token-sequence models by forward hooks that honour the attention mask.
 
-Which module records what is read off the family's adapter: an ``nn.Linear`` whose weight is the first of
-its site records the Gram of its input, an ``nn.LayerNorm`` scale unit the ``sqnorm`` of its normalised
-input, an ``nn.Embedding`` the count of each row looked up. Only real tokens enter: rows of a ``(B, L, ·)``
-input where the batch's attention mask is 0 (padding) are dropped before any sum, so a padded batch gives
-the statistics of its sequences run one by one. A 2-D input (a pooler's first token) is one row per
-sequence, always real.
+Which module records what is read off the family's adapter: an ``nn.Linear`` (or GPT-2's ``Conv1D``) whose
+weight is the first of its site records the Gram of its input, an ``nn.LayerNorm`` or RMSNorm scale unit the
+``sqnorm`` of its normalised input (RMSNorm: divided by the root mean square, not centred), an
+``nn.Embedding`` the count of each row looked up. Only real tokens enter: rows of a ``(B, L, ·)`` input (or
+``(B, L, heads, ·)``) where the batch's attention mask is 0 (padding) are dropped before any sum, so a padded
+batch gives the statistics of its sequences run one by one. A 2-D input (a pooler's first token) is one row
+per sequence, always real.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class _TokenAccumulator:
 
     def real(self, x: torch.Tensor, site: str) -> torch.Tensor:
         """The rows of ``x`` that are real tokens: ``(rows, ·)`` (or ``(rows,)`` for ids)."""
+        if x.is_floating_point() and x.ndim > self.mask.ndim + 1 and tuple(x.shape[:2]) == tuple(self.mask.shape):
+            return x[self.mask].reshape(-1, x.shape[-1])  # per-head inputs (B, L, heads, d): Qwen3's q/k norms
         if x.ndim == self.mask.ndim + (0 if x.dtype in (torch.int64, torch.int32) else 1):
             if x.shape[0] == 1 and self.mask.shape[0] > 1:  # ids shared by the batch (BERT's position ids)
                 x = x.expand(self.mask.shape[0], *x.shape[1:])
@@ -46,15 +49,35 @@ class _TokenAccumulator:
         x = self.real(args[0], site).to(self.dtype)
         self.add("gram", site, x.t() @ x, x.shape[0])
 
-    def sqnorm(self, site: str, mod: nn.LayerNorm, args, out) -> None:
+    def sqnorm(self, site: str, mod: nn.Module, args, out) -> None:
         x = self.real(args[0], site).to(self.dtype)
-        xhat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + mod.eps)
+        if isinstance(mod, nn.LayerNorm):
+            xhat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + mod.eps)
+        else:  # RMSNorm: no centring
+            xhat = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + _rms_eps(mod))
         self.add("sqnorm", site, (xhat ** 2).sum(0), x.shape[0])
 
     def counts(self, site: str, mod: nn.Embedding, args) -> None:
         ids = self.real(args[0], site)
         value = torch.bincount(ids.reshape(-1).cpu(), minlength=mod.num_embeddings).to(torch.float64)
         self.add("counts", site, value, ids.numel())
+
+
+def _rms_eps(mod: nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):  # transformers' LLaMA-style norms, torch's nn.RMSNorm
+        value = getattr(mod, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return float(torch.finfo(torch.float32).eps)
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.RMSNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or GPT-2's ``Conv1D`` (``y = x @ W + b``, input-major): both read their input as is."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def install_hooks(model: nn.Module, family, acc: _TokenAccumulator) -> list:
@@ -68,9 +91,9 @@ def install_hooks(model: nn.Module, family, acc: _TokenAccumulator) -> list:
         unit = family.unit(key)
         if unit.site != key:  # k and v read q's input: one hook per site
             continue
-        if isinstance(module, nn.Linear) and unit.kind == "linear":
+        if _is_linear(module) and unit.kind == "linear":
             handles.append(module.register_forward_pre_hook(partial(_TokenAccumulator.gram, acc, key)))
-        elif isinstance(module, nn.LayerNorm) and unit.kind == "scale":
+        elif (isinstance(module, nn.LayerNorm) or _is_rms_norm(module)) and unit.kind == "scale":
             handles.append(module.register_forward_hook(partial(_TokenAccumulator.sqnorm, acc, key)))
         elif isinstance(module, nn.Embedding) and unit.kind == "embedding":
             handles.append(module.register_forward_pre_hook(partial(_TokenAccumulator.counts, acc, key)))

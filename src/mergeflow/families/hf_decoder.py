@@ -1,0 +1,68 @@
+"""Hugging Face ``transformers`` decoder language models: LLaMA-style (LLaMA, Mistral, Qwen2, Qwen3) and GPT-2.
+
+LLaMA-style blocks: RMSNorm before attention and MLP (``input_layernorm``, ``post_attention_layernorm``,
+the final ``norm``; Qwen3 adds per-head ``q_norm``/``k_norm``), grouped-query attention (k and v have fewer
+rows than q, and still read q's input: one site), a gated MLP whose ``gate_proj`` and ``up_proj`` read one
+input (one site, named by ``gate_proj``), rotary positions (``inv_freq`` buffers, excluded), biases on q/k/v
+in Qwen2. GPT-2 stores its linear weights input-major (``Conv1D``: ``y = x @ W``), with q, k and v packed
+in ``c_attn`` (three row blocks of the matrix view), learned positions (``wpe``) and LayerNorm.
+
+``lm_head`` — the vocabulary projection of a causal LM — is a linear unit reading the final norm's output:
+it is part of the language model every expert shares, not a per-task head (the rule for tied input/output
+embeddings is the methods', algorithms.md). ``score`` (a sequence classifier's head, e.g. FusionBench's GPT-2
+GLUE experts) is a per-task head, never merged.
+"""
+
+from __future__ import annotations
+
+from mergeflow import _torchvision_compat  # noqa: F401  (must precede transformers, which imports torchvision)
+from mergeflow.errors import MergeflowError
+from mergeflow.families import Family, Rule, register_family
+
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MODEL_TYPES = (*LLAMA_TYPES, "gpt2")
+
+
+def _statistics(model, batches, **options):
+    from mergeflow.features.tokens import collect_token_stats
+
+    return collect_token_stats(model, batches, HF_DECODER, **options)
+
+
+def build(config: dict, num_labels: int | None = None):
+    """A randomly initialised causal LM (``num_labels`` None) or sequence classifier from a config dict."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise MergeflowError(f"hf-decoder: model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+    import transformers as tf
+
+    cfg = tf.AutoConfig.for_model(**{k: v for k, v in config.items() if k != "model_type"}, model_type=model_type)
+    if num_labels is None:
+        return tf.AutoModelForCausalLM.from_config(cfg).eval()
+    cfg.num_labels = num_labels
+    return tf.AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+RULES = (
+    Rule(r"^score\.", "head"),
+    Rule(r"(rotary_emb\.(inv_freq|original_inv_freq)|attn\.(bias|masked_bias))$", "excluded"),
+    # LLaMA-style
+    Rule(r"(^|\.)embed_tokens\.weight$", "embedding", site_is_key=True),
+    Rule(r"self_attn\.(q|k|v)_proj\.weight$", "linear", site="self_attn.q_proj.weight"),
+    Rule(r"(^|\.)(self_attn\.o_proj|mlp\.down_proj)\.weight$", "linear", site_is_key=True),
+    Rule(r"mlp\.(gate|up)_proj\.weight$", "linear", site="mlp.gate_proj.weight"),
+    Rule(r"(^|\.)(input_layernorm|post_attention_layernorm|norm|q_norm|k_norm)\.weight$", "scale",
+         site_is_key=True),
+    # GPT-2
+    Rule(r"(^|\.)(wte|wpe)\.weight$", "embedding", site_is_key=True),
+    Rule(r"(^|\.)attn\.c_attn\.weight$", "linear", site_is_key=True, input_major=True, blocks=3),
+    Rule(r"(^|\.)(attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$", "linear", site_is_key=True, input_major=True),
+    Rule(r"(^|\.)(ln_1|ln_2|ln_f)\.weight$", "scale", site_is_key=True),
+    # both
+    Rule(r"^lm_head\.weight$", "linear", site_is_key=True),
+    Rule(r"\.bias$", "shift"),
+)
+
+HF_DECODER = register_family(Family(
+    "hf-decoder", "Hugging Face transformers decoder LMs: LLaMA, Mistral, Qwen2, Qwen3 (RMSNorm, GQA, gated MLP) "
+    "and GPT-2 (Conv1D, input-major)", RULES, statistics=_statistics, build=build))

@@ -1,0 +1,138 @@
+"""The decoder-LM adapter (``hf-decoder``, issue 30 item 1): LLaMA-style and GPT-2 parameters classified, their
+token statistics (RMSNorm, GQA, Conv1D) checked against a recomputation, and methods merging tiny decoders."""
+
+import pytest
+import torch
+
+from conftest import perturbed
+from mergeflow.families import get_family
+from mergeflow.features.tokens import collect_token_stats
+from mergeflow.merge import merge
+
+DEC = get_family("hf-decoder")
+SMALL = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "pad_token_id": 0,
+         "tie_word_embeddings": False}
+GPT2 = {"model_type": "gpt2", "vocab_size": 50, "n_embd": 16, "n_layer": 2, "n_head": 2, "n_positions": 64,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}
+CONFIGS = {kind: {**SMALL, "model_type": kind} for kind in ("llama", "mistral", "qwen2", "qwen3")} | {"gpt2": GPT2}
+
+
+def _padded(lengths, vocab=50, width=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):  # right padding, as a causal LM's batches are built
+        ids[i, :n] = torch.randint(2, vocab, (n,), generator=g)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_every_parameter_of_causal_lms_and_classifiers_is_classified(kind):
+    for num_labels in (None, 3):
+        model = DEC.build(CONFIGS[kind], num_labels)
+        state = model.state_dict()
+        units = DEC.units(state)  # raises on an unclassified parameter
+        buffers = {name for name, _ in model.named_buffers()}
+        assert all(DEC.unit(b).kind == "excluded" for b in buffers), buffers
+        if num_labels is None:
+            assert units["lm_head.weight"].kind == "linear"
+        else:
+            assert units["score.weight"].kind == "head"
+    if kind == "gpt2":
+        c_attn = DEC.unit("transformer.h.0.attn.c_attn.weight")
+        assert c_attn.input_major and c_attn.blocks == 3
+        w = torch.randn(16, 48)  # Conv1D: (d_in, 3 d_out)
+        assert c_attn.matrix(w).shape == (48, 16) and torch.equal(c_attn.from_matrix(c_attn.matrix(w), w), w)
+        assert DEC.unit("transformer.wpe.weight").kind == "embedding"
+    else:
+        q = DEC.unit("model.layers.1.self_attn.q_proj.weight").site
+        assert DEC.unit("model.layers.1.self_attn.k_proj.weight").site == q == "model.layers.1.self_attn.q_proj.weight"
+        assert DEC.unit("model.layers.1.mlp.up_proj.weight").site == "model.layers.1.mlp.gate_proj.weight"
+        assert DEC.unit("model.norm.weight").kind == "scale"
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "gpt2"])
+def test_token_statistics_of_a_padded_batch_equal_a_recomputation(kind):
+    model = DEC.build(CONFIGS[kind]).double()
+    batch = _padded([9, 4, 7])
+    stats = collect_token_stats(model, batch, DEC, dtype=torch.float64)
+    one_by_one = collect_token_stats(model, [{k: v[i:i + 1, :n] for k, v in batch.items()}
+                                            for i, n in enumerate([9, 4, 7])], DEC, dtype=torch.float64)
+    for site, gram in stats.gram.items():
+        assert torch.allclose(gram, one_by_one.gram[site], atol=1e-9), site
+    for site, value in stats.sqnorm.items():
+        assert torch.allclose(value, one_by_one.sqnorm[site], atol=1e-9), site
+    # the first block's attention input, from the hidden states: normalised, real tokens only
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[0][batch["attention_mask"].bool()]
+    if kind == "gpt2":
+        ln = model.transformer.h[0].ln_1
+        xhat = (hidden - hidden.mean(-1, keepdim=True)) / torch.sqrt(hidden.var(-1, unbiased=False, keepdim=True)
+                                                                      + ln.eps)
+        site, norm_site, x = "transformer.h.0.attn.c_attn.weight", "transformer.h.0.ln_1.weight", ln(hidden)
+    else:
+        ln = model.model.layers[0].input_layernorm
+        xhat = hidden / torch.sqrt(hidden.pow(2).mean(-1, keepdim=True) + ln.variance_epsilon)
+        site, norm_site = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
+        x = ln(hidden)
+    assert torch.allclose(stats.gram[site], x.t() @ x, atol=1e-9)
+    assert torch.allclose(stats.sqnorm[norm_site], (xhat ** 2).sum(0), atol=1e-9)
+    assert stats.rows[site] == 20
+    if kind == "qwen3":  # per-head norms: one row per real token and head
+        assert stats.rows["model.layers.0.self_attn.k_norm.weight"] == 20 * SMALL["num_key_value_heads"]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def decoder_suite(request):
+    base = DEC.build(CONFIGS[request.param]).double()
+    pre = {k: v.clone() for k, v in base.state_dict().items()}
+    experts, stats = {}, {}
+    for i in range(3):
+        state = perturbed(pre, i, scale=0.02)
+        model = DEC.build(CONFIGS[request.param]).double()
+        model.load_state_dict(state)
+        experts[f"t{i}"] = state
+        stats[f"t{i}"] = collect_token_stats(model, _padded([10, 8, 10, 9], seed=i), DEC, dtype=torch.float64)
+    return pre, experts, stats
+
+
+def test_lot_equals_regmean_at_full_rank_on_a_decoder(decoder_suite):
+    pre, experts, stats = decoder_suite
+    lot = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.0})
+    regmean = merge("regmean", pre, experts, stats=stats, family="hf-decoder", a=1.0)
+    checked = 0
+    for key, unit in DEC.units(pre).items():
+        if unit.kind == "linear" and unit.site in stats["t0"].gram:
+            total = sum(stats[t].gram[unit.site] for t in stats)
+            if torch.linalg.matrix_rank(total) == total.shape[0]:
+                assert torch.allclose(lot[key], regmean[key], atol=1e-6), key
+                checked += 1
+    assert checked >= 4
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "cat", "tsv", "iso_cts"])
+def test_methods_merge_a_decoder_to_its_shapes(decoder_suite, name):
+    pre, experts, stats = decoder_suite
+    hp = {"alpha": 0.3} if name != "cat" else {"alpha": 0.3, "exemplars": 4}
+    out = merge(name, pre, experts, stats=stats if name == "cat" else None, family="hf-decoder", **hp)
+    assert set(out) == set(pre)
+    assert all(out[k].shape == pre[k].shape and torch.isfinite(out[k]).all() for k in pre if pre[k].is_floating_point())
+
+
+def test_regmean_on_gpt2s_input_major_weight_is_the_closed_form():
+    """RegMean of a Conv1D weight (stored (d_in, d_out), y = x W): (Σ G_k)⁻¹ Σ G_k W_k in that layout."""
+    base = DEC.build(GPT2).double()
+    pre = {k: v.clone() for k, v in base.state_dict().items()}
+    experts, stats = {}, {}
+    for i in range(2):
+        experts[f"t{i}"] = perturbed(pre, i, scale=0.05)
+        model = DEC.build(GPT2).double()
+        model.load_state_dict(experts[f"t{i}"])
+        stats[f"t{i}"] = collect_token_stats(model, _padded([10, 10, 9, 10], seed=i), DEC, dtype=torch.float64)
+    out = merge("regmean", pre, experts, stats=stats, family="hf-decoder", a=1.0)
+    key = "transformer.h.0.mlp.c_fc.weight"
+    grams = [stats[t].gram[key] for t in experts]
+    expected = torch.linalg.solve(sum(grams), sum(g @ experts[t][key] for g, t in zip(grams, experts, strict=True)))
+    assert torch.allclose(out[key], expected, atol=1e-8)
