@@ -136,3 +136,74 @@ def test_regmean_on_gpt2s_input_major_weight_is_the_closed_form():
     grams = [stats[t].gram[key] for t in experts]
     expected = torch.linalg.solve(sum(grams), sum(g @ experts[t][key] for g, t in zip(grams, experts, strict=True)))
     assert torch.allclose(out[key], expected, atol=1e-8)
+
+
+# --- tied input/output embeddings: LOT's rule over both roles -------------------------------------------------
+def _tied_suite(kind: str):
+    """A tied model's state dict as saved (no separate lm_head.weight), three perturbed experts, their
+    statistics, and each expert's lm_head inputs on real tokens (captured here, apart from the stats code)."""
+    cfg = {**CONFIGS[kind], "tie_word_embeddings": True}
+    base = DEC.build(cfg).double()
+    pre = {k: v.clone() for k, v in base.state_dict().items() if k != "lm_head.weight"}
+    experts, stats, inputs = {}, {}, {}
+    for i in range(3):
+        state = perturbed(pre, i, scale=0.02)
+        model = DEC.build(cfg).double()
+        model.load_state_dict(state, strict=False)  # the tie makes lm_head the embedding
+        assert model.lm_head.weight is model.get_input_embeddings().weight
+        batch = _padded([10, 7, 10, 9], seed=i)
+        stats[f"t{i}"] = collect_token_stats(model, batch, DEC, dtype=torch.float64)
+        seen = []
+        handle = model.lm_head.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+        with torch.no_grad():
+            model(**batch)
+        handle.remove()
+        inputs[f"t{i}"] = seen[0][batch["attention_mask"].bool()]
+        experts[f"t{i}"] = state
+    return pre, experts, stats, inputs
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_lot_on_a_tied_embedding_is_the_least_squares_of_both_roles(kind):
+    """Brute force: per row v, lstsq of the stacked system [H_k; sqrt(c_k[v]) I] t = [H_k T_k[v]; sqrt(c_k[v]) T_k[v]]
+    over the tasks (H_k the projection's inputs), against the closed form's one eigendecomposition."""
+    pre, experts, stats, inputs = _tied_suite(kind)
+    key = "model.embed_tokens.weight" if kind != "gpt2" else "transformer.wte.weight"
+    for t in experts:  # the statistics code saw the same inputs
+        assert torch.allclose(stats[t].gram["lm_head.weight"], inputs[t].t() @ inputs[t], atol=1e-9)
+    merged = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.0})
+    ours = merged[key] - pre[key]
+    vectors = {t: experts[t][key] - pre[key] for t in experts}
+    eye = torch.eye(pre[key].shape[1], dtype=torch.float64)
+    used = 0
+    for v in range(pre[key].shape[0]):
+        rows, targets = [], []
+        for t in experts:
+            c = float(stats[t].counts[key][v])
+            rows += [inputs[t], c ** 0.5 * eye]
+            targets += [inputs[t] @ vectors[t][v], c ** 0.5 * vectors[t][v]]
+        solution = torch.linalg.lstsq(torch.cat(rows), torch.cat(targets).unsqueeze(1)).solution.squeeze(1)
+        assert torch.allclose(ours[v], solution, atol=1e-8), v
+        used += any(stats[t].counts[key][v] > 0 for t in experts)
+    assert 0 < used < pre[key].shape[0]  # rows some task looked up, and rows none did (the logit role only)
+
+
+def test_lot_tied_fast_path_equals_the_reference_and_an_untied_table_keeps_its_lookup_rule():
+    from mergeflow.merge.lot import lot_embedding
+    from mergeflow.merge.reference import lot_reference
+
+    pre, experts, stats, _ = _tied_suite("llama")
+    fast = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.3})
+    slow = lot_reference(pre, experts, stats, lam=1.3, family=DEC)
+    for key in pre:
+        if pre[key].is_floating_point():
+            assert torch.allclose(fast[key], slow[key], atol=1e-8, rtol=1e-6), key
+    # the same experts untied (a separate lm_head.weight): the table is a lookup only, lm_head a linear unit
+    key = "model.embed_tokens.weight"
+    untied = {**pre, "lm_head.weight": pre[key].clone()}
+    experts_u = {t: {**e, "lm_head.weight": e[key].clone()} for t, e in experts.items()}
+    out = merge("lot", untied, experts_u, stats=stats, family="hf-decoder", **{"lambda": 1.0})
+    lookup = lot_embedding([experts[t][key] - pre[key] for t in experts], [stats[t].counts[key] for t in experts])
+    assert torch.allclose(out[key] - pre[key], lookup.to(pre[key].dtype), atol=1e-10)
+    tied = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.0})
+    assert (out[key] - tied[key]).abs().max() > 1e-4  # the logit role moves the tied table

@@ -34,6 +34,7 @@ class Rule:
 
     ``site`` is a template expanded with the match (``\\g<name>`` groups; ``\\g<0>`` is the matched text):
     the statistics key that serves the unit; with ``site_is_key`` the parameter's own name is the site.
+    ``output_site`` (a literal key) names the output projection a token embedding may be tied to.
     """
 
     pattern: str
@@ -43,6 +44,7 @@ class Rule:
     input_major: bool = False
     blocks: int = 1
     option: str | None = None
+    output_site: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -54,7 +56,7 @@ class Rule:
 
     def unit(self, key: str, match: re.Match) -> Unit:
         site = key if self.site_is_key else (key[:match.start()] + match.expand(self.site) if self.site else None)
-        return Unit(self.kind, site, self.input_major, self.blocks, self.option)
+        return Unit(self.kind, site, self.input_major, self.blocks, self.option, self.output_site)
 
 
 @cache

@@ -8,9 +8,11 @@ in Qwen2. GPT-2 stores its linear weights input-major (``Conv1D``: ``y = x @ W``
 in ``c_attn`` (three row blocks of the matrix view), learned positions (``wpe``) and LayerNorm.
 
 ``lm_head`` — the vocabulary projection of a causal LM — is a linear unit reading the final norm's output:
-it is part of the language model every expert shares, not a per-task head (the rule for tied input/output
-embeddings is the methods', algorithms.md). ``score`` (a sequence classifier's head, e.g. FusionBench's GPT-2
-GLUE experts) is a per-task head, never merged.
+it is part of the language model every expert shares, not a per-task head. A tied model (``lm_head`` is the
+token embedding, saved once) has no ``lm_head.weight`` in its state dict; the embedding's ``output_site``
+names the projection's statistics so that a method can treat the table in both roles (LOT's tied rule,
+algorithms.md §9); its hook still records the projection's input Gram under ``lm_head.weight``. ``score``
+(a sequence classifier's head, e.g. FusionBench's GPT-2 GLUE experts) is a per-task head, never merged.
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ RULES = (
     Rule(r"^score\.", "head"),
     Rule(r"(rotary_emb\.(inv_freq|original_inv_freq)|attn\.(bias|masked_bias))$", "excluded"),
     # LLaMA-style
-    Rule(r"(^|\.)embed_tokens\.weight$", "embedding", site_is_key=True),
+    Rule(r"(^|\.)embed_tokens\.weight$", "embedding", site_is_key=True, output_site="lm_head.weight"),
     Rule(r"self_attn\.(q|k|v)_proj\.weight$", "linear", site="self_attn.q_proj.weight"),
     Rule(r"(^|\.)(self_attn\.o_proj|mlp\.down_proj)\.weight$", "linear", site_is_key=True),
     Rule(r"mlp\.(gate|up)_proj\.weight$", "linear", site="mlp.gate_proj.weight"),
     Rule(r"(^|\.)(input_layernorm|post_attention_layernorm|norm|q_norm|k_norm)\.weight$", "scale",
          site_is_key=True),
     # GPT-2
-    Rule(r"(^|\.)(wte|wpe)\.weight$", "embedding", site_is_key=True),
+    Rule(r"(^|\.)wte\.weight$", "embedding", site_is_key=True, output_site="lm_head.weight"),
+    Rule(r"(^|\.)wpe\.weight$", "embedding", site_is_key=True),
     Rule(r"(^|\.)attn\.c_attn\.weight$", "linear", site_is_key=True, input_major=True, blocks=3),
     Rule(r"(^|\.)(attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$", "linear", site_is_key=True, input_major=True),
     Rule(r"(^|\.)(ln_1|ln_2|ln_f)\.weight$", "scale", site_is_key=True),

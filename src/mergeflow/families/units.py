@@ -32,6 +32,9 @@ class Unit:
         blocks: row blocks of the ``(d_out, d_in)`` view that are separate units (3 for a packed q/k/v).
         option: for a weight that is a linear unit only when a method asks for it (open_clip's ``conv1`` and
             ``proj``), the name the method's option lists; otherwise the unit is ``other``.
+        output_site: for a token embedding that a language model may tie to its output projection, that
+            projection's statistics site (``lm_head.weight``): when the state dict holds no separate
+            projection (a tied model, saved once), the table plays both roles.
     """
 
     kind: str
@@ -39,6 +42,7 @@ class Unit:
     input_major: bool = False
     blocks: int = 1
     option: str | None = None
+    output_site: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -42,6 +42,30 @@ def lot_embedding(vectors: list[torch.Tensor], counts: list[torch.Tensor]) -> to
                                                                                           strict=True)])
 
 
+def lot_tied_embedding(vectors: list[torch.Tensor], counts: list[torch.Tensor],
+                       grams: list[torch.Tensor]) -> torch.Tensor:
+    """A token table that is also the output projection (tied embeddings): per row ``v``,
+
+    ``t*[v] = (Σ_k T_k[v] (c_k[v] I + G_k)) · pinv(Σ_k c_k[v] I + Σ_k G_k)``,
+
+    the minimiser of the drift of both roles over the same tokens: ``c_k[v] ‖t − T_k[v]‖²`` of the lookups of
+    row ``v`` and ``(t − T_k[v]) G_k (t − T_k[v])ᵀ`` of that row's logit (``G_k`` the Gram of the projection's
+    input). One eigendecomposition of ``ΣG = QΛQᵀ`` serves every row: ``pinv(C_v I + ΣG) = Q (C_v + Λ)⁺ Qᵀ``.
+    """
+    dtype = torch.promote_types(grams[0].dtype, vectors[0].dtype)
+    device = vectors[0].device
+    t = [x.to(dtype) for x in vectors]
+    c = [x.to(device=device, dtype=dtype).view(-1, 1) for x in counts]
+    g = [x.to(device=device, dtype=dtype) for x in grams]
+    numerator = sum(ck * tk + tk @ gk for ck, tk, gk in zip(c, t, g, strict=True))
+    vals, vecs = symmetric_eigh(sum(g))
+    vals, vecs = vals.to(device), vecs.to(device)
+    denominator = sum(c) + vals.view(1, -1)  # (rows, d): C_v + λ_i
+    tol = denominator.max().clamp(min=0) * grams[0].shape[0] * torch.finfo(grams[0].dtype).eps
+    inverse = torch.where(denominator > tol, 1.0 / denominator.clamp(min=tol), torch.zeros_like(denominator))
+    return ((numerator @ vecs) * inverse) @ vecs.t()
+
+
 @register("lot", "LOT Merging", "Sun et al., Towards minimizing feature drift in model merging: layer-wise task "
           "vector fusion, NeurIPS 2025 (arXiv 2505.23859)",
           {"lambda": alpha(1.2, "scale of the merged task vector"),
@@ -49,7 +73,8 @@ def lot_embedding(vectors: list[torch.Tensor], counts: list[torch.Tensor]) -> to
           needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
 def lot(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """Linear units: Gram-weighted least squares; normalisation scales: energy-weighted mean; embeddings:
-    count-weighted mean per row; the rest: row-weighted mean."""
+    count-weighted mean per row (a table tied to the output projection: both roles, :func:`lot_tied_embedding`);
+    the rest: row-weighted mean."""
     tasks = list(experts)
 
     def solution(key: str, items: list[torch.Tensor]) -> torch.Tensor:
@@ -62,7 +87,11 @@ def lot(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN
         if unit.kind == "scale" and all(site in stats[t].sqnorm for t in tasks):
             return lot_scale(items, [stats[t].sqnorm[site] for t in tasks]).to(COMPUTE)
         if unit.kind == "embedding" and all(site in stats[t].counts for t in tasks):
-            return lot_embedding(items, [stats[t].counts[site].to(like.device) for t in tasks]).to(COMPUTE)
+            counts = [stats[t].counts[site].to(like.device) for t in tasks]
+            out = unit.output_site
+            if out is not None and out not in pretrained and all(out in stats[t].gram for t in tasks):
+                return lot_tied_embedding(items, counts, [stats[t].gram[out] for t in tasks]).to(COMPUTE)
+            return lot_embedding(items, counts).to(COMPUTE)
         w = torch.tensor([stats[t].row_weight(site) for t in tasks], dtype=torch.float64, device=like.device)
         return (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(w.sum()).to(COMPUTE)
 

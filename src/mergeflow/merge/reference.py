@@ -122,7 +122,8 @@ def _top_positive(score: torch.Tensor, count: int) -> torch.Tensor:
 def lot_reference(pretrained, experts, stats, *, lam, family: Family = OPEN_CLIP) -> dict[str, torch.Tensor]:
     """LOT Merging as specified: per linear unit ``(Σ_k W_k G_k) pinv(Σ_k G_k)``, per normalisation scale the
     ``sqnorm``-weighted mean, per embedding row the count-weighted mean (the plain mean for a row no task
-    looked up), elsewhere the row-weighted mean; then ``θ_pre + λ T*``."""
+    looked up; a table tied to the output projection: each row's least squares over both roles), elsewhere
+    the row-weighted mean; then ``θ_pre + λ T*``."""
     tasks = list(experts)
     vectors = _vectors(pretrained, experts)
     summed = {}
@@ -137,6 +138,20 @@ def lot_reference(pretrained, experts, stats, *, lam, family: Family = OPEN_CLIP
             cutoff = total.shape[0] * torch.finfo(stats[tasks[0]].gram[site].dtype).eps
             solution = rhs @ torch.linalg.pinv(total, rtol=cutoff, hermitian=True)
             summed[key] = unit.from_matrix(solution, vecs[0])
+        elif (unit.kind == "embedding" and unit.output_site is not None and unit.output_site not in pretrained
+              and all(site in stats[t].counts and unit.output_site in stats[t].gram for t in tasks)):
+            # tied to the output projection: each row's own system, (Σ_k T_k[v] A_k[v]) pinv(Σ_k A_k[v]) with
+            # A_k[v] = c_k[v] I + G_k
+            grams = [stats[t].gram[unit.output_site].double() for t in tasks]
+            counts = [stats[t].counts[site].double() for t in tasks]
+            eye = torch.eye(grams[0].shape[0], dtype=torch.float64)
+            rows = []
+            for v in range(vecs[0].shape[0]):
+                a = [c[v] * eye + g for c, g in zip(counts, grams, strict=True)]
+                rhs = sum(x[v].double() @ ak for x, ak in zip(vecs, a, strict=True))
+                cutoff = eye.shape[0] * torch.finfo(stats[tasks[0]].gram[unit.output_site].dtype).eps
+                rows.append(rhs @ torch.linalg.pinv(sum(a), rtol=cutoff, hermitian=True))
+            summed[key] = torch.stack(rows)
         elif unit.kind in ("scale", "embedding") and all(site in getattr(stats[t], "sqnorm" if unit.kind == "scale"
                                                                          else "counts") for t in tasks):
             if unit.kind == "scale":
