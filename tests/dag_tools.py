@@ -24,6 +24,17 @@ def engine_env(workspace: Path | None = None, *extra_paths: Path) -> dict[str, s
     return env
 
 
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` of a process a test will Ctrl-C: the default SIGINT and SIGQUIT dispositions, as a shell
+    gives a foreground job. A test run launched in the background (``nohup … &`` from a script) inherits them
+    ignored, and a process that ignores SIGINT at start keeps ignoring it: the stage would never see the
+    Ctrl-C and run to its end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _strip_redirect(cmd: str) -> str:
     return normal(re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip()))
 

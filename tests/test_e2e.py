@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from dag_tools import BIN, engine_env, snakemake_jobs
+from dag_tools import BIN, as_in_a_terminal, engine_env, snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
@@ -137,7 +137,7 @@ def _interrupted_repro(ws: Path, command: str, how: str, after_s: float, workers
     import time
 
     proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=ws, env=engine_env(ws), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=as_in_a_terminal)
     dvc = psutil.Process(proc.pid)
     deadline = time.monotonic() + 600
     # a marker, not a fixed delay from the start: a stage's workers import torch before any work, so a short
@@ -266,7 +266,7 @@ def test_a_plain_snakemake_run_repairs_an_interrupted_forced_merge(smk_ws):
     metrics = smk_ws / "reports" / "metrics" / "cat.json"
     proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", "-f", "models/merged/cat.safetensors"],
                             cwd=smk_ws, env=engine_env(smk_ws), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_in_a_terminal)
     deadline = time.monotonic() + 120
     while metrics.exists():  # Snakemake deletes a forced job's outputs when the job starts
         assert proc.poll() is None and time.monotonic() < deadline

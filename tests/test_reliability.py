@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dag_tools import BIN, engine_env
+from dag_tools import BIN, as_in_a_terminal, engine_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "e2e" / "tiny.yaml"
@@ -327,7 +327,8 @@ def test_ctrl_c_of_a_stage_is_one_line(tmp_path):
     raw["data"]["generate"] = {"train": 200000, "test": 10000, "seed": 0}  # long enough to interrupt
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen([str(BIN / "mergeflow"), "fetch"], cwd=tmp_path, env=engine_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     import time
 
     time.sleep(6)
