@@ -185,12 +185,9 @@ def test_the_glue_roberta_configuration_is_the_papers_recipe(tmp_path):
     f = cfg.raw["finetune"]
     assert (f["epochs"], f["batch_size"], f["lr"], f["warmup_ratio"], f["weight_decay"]) == (10, 16, 1e-5, 0.06, 0.01)
     assert cfg.raw["data"]["max_length"] == 128 and cfg.raw["model"]["pretrained"] == "models/hf/roberta-base"
-    raw = yaml.safe_load(TINY.read_text())
-    raw["finetune"]["epochs"] = 3
-    raw["suite"] = "vision"
-    (tmp_path / "v.yaml").write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "params.yaml").read_text()),
-                                                     "finetune": {**yaml.safe_load((ROOT / "params.yaml").read_text())
-                                                                  ["finetune"], "epochs": 3}}))
+    vision = yaml.safe_load((ROOT / "params.yaml").read_text())
+    vision["finetune"]["epochs"] = 3
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(vision))
     with pytest.raises(MergeflowError, match="finetune.epochs is for the text suite"):
         config.load(tmp_path / "v.yaml")
 

@@ -40,7 +40,7 @@ from mergeflow.io import (
     save_tensors,
     write_json,
 )
-from mergeflow.merge import METHODS
+from mergeflow.merge import METHODS, check_inputs
 from mergeflow.merge import merge as do_merge
 from mergeflow.scale_choice import choose_scale, scale_rank
 from mergeflow.text import language, offline
@@ -176,9 +176,7 @@ def base(cfg: Config) -> Path:
                                      "in the tokenizers library's format)")
             save_tensors(tmp / "model.safetensors", body)
             shutil.copyfile(folder / "tokenizer.json", tmp / "tokenizer.json")
-            log = {"arch": arch, "pretrained": pretrained,
-                   "files": {name: hash_file(folder / name) for name in [*HUB_FILES, "pytorch_model.bin"]
-                             if (folder / name).is_file()}}
+            log = {"arch": arch, "pretrained": pretrained, "files": _folder_hashes(folder)}
         else:
             source = shipped_files(arch, pretrained)
             for file in source.values():
@@ -206,6 +204,11 @@ def base(cfg: Config) -> Path:
 
 
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def _folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of the files of a Hugging Face folder that a base or an expert is read from."""
+    return {name: hash_file(folder / name) for name in [*HUB_FILES, "pytorch_model.bin"] if (folder / name).is_file()}
 
 
 def _hf_folder(cfg: Config) -> Path:
@@ -283,17 +286,14 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
     """A published sequence classifier of ``task`` (a Hugging Face folder) as the task's expert, checked
     against the base: a body of other shapes, or a head of another size, is one line and nothing is written."""
     _, state = read_folder(folder, get_text_task(task).num_outputs)
-    for key, ref in _pre(task).items():
-        if key not in state:
-            raise MergeflowError(f"expert {task!r} ({folder}): {key} is missing")
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise MergeflowError(f"expert {task!r} ({folder}): {key} has shape {tuple(state[key].shape)}, pretrained "
-                                 f"{tuple(ref.shape)}")
+    try:  # the checks every merge makes of its inputs: keys, shapes, dtypes, finite values
+        check_inputs(_pre(task), {task: _hf().merged_part(state)})
+    except MergeflowError as exc:
+        raise MergeflowError(str(exc).replace(f"expert {task!r}:", f"expert {task!r} ({folder}):", 1)) from None
     model = _classifier(task)
     model.load_state_dict({**model.state_dict(), **state})
     val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
-    files = {p.name: hash_file(p) for p in (folder / "config.json", folder / "model.safetensors",
-                                            folder / "pytorch_model.bin") if p.is_file()}
+    files = _folder_hashes(folder)
     save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
     write_json(L.expert_log(task), {"task": task, "val_score": val, "imported": str(folder), "files": files,
@@ -463,14 +463,14 @@ class _Scorer:
         return score(model, task, self.data[task], self.batch_size, self.device)
 
 
-def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None) -> TokenTaskData:
+def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None, experts: dict) -> TokenTaskData:
     """The classifiers and token data the methods that run the model read (AdaMerging, TALL masks,
-    Consensus): each task's classifier with the pre-trained body and its expert's head."""
-    heads = {t: _hf().heads(load_expert(t)) for t in cfg.tasks}
+    Consensus): each task's classifier with the pre-trained body and its expert's head (from ``experts``,
+    the state dicts the merge already read)."""
     models = {}
     for t in cfg.tasks:
         model = _classifier(t)
-        model.load_state_dict({**model.state_dict(), **heads[t]})
+        model.load_state_dict({**model.state_dict(), **_hf().heads(experts[t])})
         models[t] = model
     split = hp.get("unlabeled", "test")
     unlabeled = {t: _inputs(_split(t, split)) for t in cfg.tasks} if "unlabeled" in spec.uses else {}
@@ -501,7 +501,7 @@ def merge(cfg: Config, run_name: str) -> Path:
     auto = key is not None and hp[key] == "auto"
     info = {"name": key, "value": hp.get(key) if key else None, "chosen_by": "fixed"}
     val = _Scorer(cfg, cfg.tasks, "val") if auto or "validation" in spec.uses else None
-    data = _task_data(cfg, spec, hp, val) if spec.uses else None
+    data = _task_data(cfg, spec, hp, val, experts) if spec.uses else None
 
     def once(params, stats):
         diagnostics: dict = {}

@@ -46,9 +46,10 @@ def check_text_model(arch: str, pretrained: str | None, max_length: int, source:
         # a Hugging Face folder: the architecture is the folder's config (model.arch names the Hub id)
         config = Path(pretrained) / "config.json"
         if config.is_file() and config.stat().st_size < (1 << 20):
-            positions = json.loads(config.read_text()).get("max_position_embeddings")
+            values = json.loads(config.read_text())
+            positions = values.get("max_position_embeddings")
             # RoBERTa's positions start after the padding index
-            offset = 2 if json.loads(config.read_text()).get("model_type") == "roberta" else 0
+            offset = 2 if values.get("model_type") == "roberta" else 0
             if isinstance(positions, int) and max_length > positions - offset:
                 raise MergeflowError(f"{source}: data.max_length = {max_length}: {config} has positions for "
                                      f"{positions - offset} tokens")
