@@ -207,3 +207,43 @@ def test_lot_tied_fast_path_equals_the_reference_and_an_untied_table_keeps_its_l
     assert torch.allclose(out[key] - pre[key], lookup.to(pre[key].dtype), atol=1e-10)
     tied = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.0})
     assert (out[key] - tied[key]).abs().max() > 1e-4  # the logit role moves the tied table
+
+
+def _relative(a, b, pre):
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in b if pre[k].is_floating_point())
+    den = sum(float((b[k].double() - pre[k].double()).pow(2).sum()) for k in b if pre[k].is_floating_point())
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("decoder_suite", ["llama"], indirect=True)
+@pytest.mark.parametrize("vocabulary", ["skip", "trim"])
+def test_cat_fast_equals_reference_on_a_two_layer_llama_and_skips_its_vocabulary_head(decoder_suite, vocabulary):
+    """Issue 30: the reference CAT equals the fast path to 1e-5 relative on a 2-layer LLaMA (untied, GQA);
+    by default the untied lm_head is summed untrimmed (task arithmetic's value), with ``vocabulary: trim``
+    it is trimmed like any linear unit."""
+    from mergeflow.merge.reference import cat_reference
+
+    pre, experts, stats = decoder_suite
+    hp = {"alpha": 0.4, "c": 2, "lambda": 2.0, "c_ln": 2, "lambda_ln": 10.0, "c_shift": 2}
+    fast = merge("cat", pre, experts, stats=stats, family="hf-decoder", vocabulary=vocabulary, **hp)
+    ref = cat_reference(pre, experts, stats, alpha=0.4, c=2, lam=2.0, c_ln=2, lambda_ln=10.0, c_shift=2,
+                        vocabulary=vocabulary, family=DEC)
+    assert _relative(fast, ref, pre) < 1e-5
+    ta = merge("task_arithmetic", pre, experts, family="hf-decoder", alpha=0.4)
+    head, proj = "lm_head.weight", "model.layers.1.mlp.down_proj.weight"
+    assert (fast[proj] - ta[proj]).abs().max() > 1e-6  # the body's linear units are trimmed
+    if vocabulary == "skip":
+        assert torch.allclose(fast[head], ta[head], atol=1e-12)
+    else:
+        assert (fast[head] - ta[head]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("decoder_suite", ["llama"], indirect=True)
+def test_lot_fast_equals_reference_on_a_two_layer_llama(decoder_suite):
+    from mergeflow.merge.reference import lot_reference
+
+    pre, experts, stats = decoder_suite
+    fast = merge("lot", pre, experts, stats=stats, family="hf-decoder", **{"lambda": 1.3})
+    ref = lot_reference(pre, experts, stats, lam=1.3, family=DEC)
+    assert _relative(fast, ref, pre) < 1e-5
+    assert (fast["lm_head.weight"] - pre["lm_head.weight"]).abs().max() > 0  # solved as a linear unit

@@ -34,7 +34,8 @@ class Rule:
 
     ``site`` is a template expanded with the match (``\\g<name>`` groups; ``\\g<0>`` is the matched text):
     the statistics key that serves the unit; with ``site_is_key`` the parameter's own name is the site.
-    ``output_site`` (a literal key) names the output projection a token embedding may be tied to.
+    ``output_site`` (a literal key) names the output projection a token embedding may be tied to;
+    ``vocabulary`` marks a linear unit whose outputs are the vocabulary's logits.
     """
 
     pattern: str
@@ -45,6 +46,7 @@ class Rule:
     blocks: int = 1
     option: str | None = None
     output_site: str | None = None
+    vocabulary: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,7 +58,8 @@ class Rule:
 
     def unit(self, key: str, match: re.Match) -> Unit:
         site = key if self.site_is_key else (key[:match.start()] + match.expand(self.site) if self.site else None)
-        return Unit(self.kind, site, self.input_major, self.blocks, self.option, self.output_site)
+        return Unit(self.kind, site, self.input_major, self.blocks, self.option, self.output_site,
+                    self.vocabulary)
 
 
 @cache

@@ -62,7 +62,7 @@ RULES = (
     Rule(r"(^|\.)(attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$", "linear", site_is_key=True, input_major=True),
     Rule(r"(^|\.)(ln_1|ln_2|ln_f)\.weight$", "scale", site_is_key=True),
     # both
-    Rule(r"^lm_head\.weight$", "linear", site_is_key=True),
+    Rule(r"^lm_head\.weight$", "linear", site_is_key=True, vocabulary=True),
     Rule(r"\.bias$", "shift"),
 )
 

@@ -35,6 +35,8 @@ class Unit:
         output_site: for a token embedding that a language model may tie to its output projection, that
             projection's statistics site (``lm_head.weight``): when the state dict holds no separate
             projection (a tied model, saved once), the table plays both roles.
+        vocabulary: a linear unit whose outputs are the vocabulary's logits (an untied ``lm_head``): a method
+            may leave it out of its linear rule (CAT does by default, algorithms.md §9).
     """
 
     kind: str
@@ -43,15 +45,17 @@ class Unit:
     blocks: int = 1
     option: str | None = None
     output_site: str | None = None
+    vocabulary: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown unit kind {self.kind!r}; known: {', '.join(KINDS)}")
 
-    def resolved(self, options: tuple[str, ...] = ()) -> Unit:
+    def resolved(self, options: tuple[str, ...] = (), vocabulary: bool = True) -> Unit:
         """The unit a method with linear options ``options`` sees: an optional linear unit not listed is
-        ``other``."""
-        if self.kind == "linear" and self.option is not None and self.option not in options:
+        ``other``, and so is a vocabulary projection when ``vocabulary`` is False."""
+        if self.kind == "linear" and ((self.option is not None and self.option not in options)
+                                      or (self.vocabulary and not vocabulary)):
             return Unit("other", self.site)
         return self
 

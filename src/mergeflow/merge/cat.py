@@ -26,6 +26,8 @@ CAT_HPARAMS = {
                         choices=("top", "bottom")),
     "rescale": HParam(False, bool, "restore each task vector's norm after every trim (the official code)"),
     "linear_extra": HParam([], list, "conv1 and/or proj as extra linear units", choices=("conv1", "proj")),
+    "vocabulary": HParam("skip", str, "an untied vocabulary projection (lm_head): skip (summed untrimmed, as task "
+                         "arithmetic) or trim (as any linear unit)", choices=("skip", "trim")),
 }
 
 
@@ -274,7 +276,7 @@ def cat(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN
     ln_masked = {}
 
     def trimmed_sum(key: str, vecs: list[torch.Tensor]) -> torch.Tensor:
-        unit = family.unit(key).resolved(extra)
+        unit = family.unit(key).resolved(extra, vocabulary=hp["vocabulary"] == "trim")
         if unit.kind == "linear":
             total = _trim_linear(key, unit, [unit.matrix(v) for v in vecs], tasks, stats, hp, eig_diag)
             return unit.from_matrix(total, vecs[0])

@@ -62,7 +62,7 @@ def _trim_in_order(v: torch.Tensor, steps: list, rescale: bool) -> torch.Tensor:
 
 
 def cat_reference(pretrained, experts, stats, *, alpha, c, lam, c_ln, lambda_ln, c_shift, split_qkv=True,
-                  eig_order="top", rescale=False, linear_extra=(),
+                  eig_order="top", rescale=False, linear_extra=(), vocabulary="skip",
                   family: Family = OPEN_CLIP) -> dict[str, torch.Tensor]:
     """CAT Merging as specified: bases and masks from the untrimmed vectors, then every ``T_i`` trimmed by
     every other task's basis or mask in task order, then ``θ_pre + α Σ_i T_i``."""
@@ -72,7 +72,7 @@ def cat_reference(pretrained, experts, stats, *, alpha, c, lam, c_ln, lambda_ln,
     summed = {}
     for key in vectors[tasks[0]]:
         vecs = [vectors[t][key] for t in tasks]
-        unit = family.unit(key).resolved(tuple(linear_extra))
+        unit = family.unit(key).resolved(tuple(linear_extra), vocabulary=vocabulary == "trim")
         if unit.kind == "linear":
             mats = [unit.matrix(v) for v in vecs]
             grams = [stats[t].gram[unit.site].double() for t in tasks]
