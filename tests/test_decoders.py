@@ -233,7 +233,7 @@ def test_cat_fast_equals_reference_on_a_two_layer_llama_and_skips_its_vocabulary
     head, proj = "lm_head.weight", "model.layers.1.mlp.down_proj.weight"
     assert (fast[proj] - ta[proj]).abs().max() > 1e-6  # the body's linear units are trimmed
     if vocabulary == "skip":
-        assert torch.allclose(fast[head], ta[head], atol=1e-12)
+        assert (fast[head] - ta[head]).abs().max() < 1e-7  # task arithmetic sums in float32
     else:
         assert (fast[head] - ta[head]).abs().max() > 1e-6
 

@@ -66,3 +66,36 @@ def test_zero_task_vectors_give_zero_and_the_method_routes_like_iso_c(micro_stat
     mean = torch.stack([experts[t][bias] - micro_state[bias] for t in experts]).mean(0)
     cts = merge("iso_cts", micro_state, experts, alpha=1.5, common_fraction=0.8)
     assert torch.allclose(cts[bias], micro_state[bias] + 1.5 * mean, atol=1e-6)
+
+
+def _by_full_svds(vectors, fraction):
+    """§7.1 written with a full SVD for every step (what the fast path computes only in part)."""
+    def polar(m):
+        a, _, bh = torch.linalg.svd(m, full_matrices=False)
+        return a @ bh
+
+    total = sum(vectors)
+    r = min(total.shape)
+    k, s = subspace_sizes(r, len(vectors), fraction)
+    u, sigma, vh = torch.linalg.svd(total, full_matrices=False)
+    us, vs, kept = [u[:, :k]], [vh[:k].t()], sigma[:k].sum()
+    for t in vectors:
+        p, mu, qh = torch.linalg.svd(t - u[:, :k] @ (u[:, :k].t() @ t), full_matrices=False)
+        us.append(p[:, :s])
+        vs.append(qh[:s].t())
+        kept = kept + mu[:s].sum()
+    return (kept / r) * (polar(torch.cat(us, 1)) @ polar(torch.cat(vs, 1)).t())
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40)])
+def test_the_partial_decompositions_equal_full_svds(shape):
+    """Only the kept triplets are computed (Gram eigenpairs, polar factors from r × r Grams): the same Δ as
+    full SVDs, for a tall and a wide unit, float64 and float32."""
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(shape[0], 4, generator=g, dtype=torch.float64) @ torch.randn(4, shape[1], generator=g,
+                                                                                        dtype=torch.float64)
+    vectors = [common + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(4)]
+    expected = _by_full_svds(vectors, 0.6)
+    assert torch.allclose(iso_cts_unit(vectors, 0.6), expected, atol=1e-10)
+    single = iso_cts_unit([v.float() for v in vectors], 0.6)
+    assert (single.double() - expected).abs().max() < 1e-5 * expected.abs().max()

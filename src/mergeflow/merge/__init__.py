@@ -147,13 +147,21 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
     hp = spec.resolve(hyperparameters)
     if spec.scale and hp[spec.scale] == "auto":
         raise MergeflowError(f"{name}: {spec.scale}='auto' is resolved by the merge stage; pass a number here")
-    family = get_family(family)
+    return merge_part(spec, hp, pretrained, experts, stats, diagnostics, data, get_family(family), check_stats=True)
+
+
+def merge_part(spec: MethodSpec, hp: dict[str, Any], pretrained, experts, stats, diagnostics, data, family: Family,
+               check_stats: bool):
+    """:func:`merge` with resolved hyper-parameters; ``check_stats`` False for a part of a model (a streamed
+    group: a layer without linear units has no Gram, which its caller checked for the whole model)."""
+    name = spec.name
     kinds = {k: family.unit(k).kind for sd in (pretrained, *experts.values()) for k in sd}
     copied = {k: v for k, v in pretrained.items() if kinds[k] == "excluded"}
     pretrained = {k: v for k, v in pretrained.items() if kinds[k] not in ("head", "excluded")}
     experts = {t: {k: v for k, v in sd.items() if kinds[k] not in ("head", "excluded")} for t, sd in experts.items()}
     check_inputs(pretrained, experts)
-    _check_stats(spec, hp, experts, stats)
+    if check_stats:
+        _check_stats(spec, hp, experts, stats)
     kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
     if spec.uses:
         if data is None:

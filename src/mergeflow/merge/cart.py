@@ -33,7 +33,7 @@ def cart_delta(vectors: list[torch.Tensor], ratio: float, lam: float, linear: bo
           {"lambda": alpha(2.0, "scale of the low-rank centred task vectors added to the weight average"),
            "rank_ratio": HParam(0.12, float, "share of each linear unit's rank kept", low=0.0, high=1.0,
                                 open_low=True)},
-          scale="lambda")
+          scale="lambda", per_unit=True)
 def cart(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """``θ_pre + T̄ + λ Σ_k LR(T_k − T̄)`` per linear unit (the family's, whole); the weight average elsewhere."""
     ratio, lam = hp["rank_ratio"], hp["lambda"]

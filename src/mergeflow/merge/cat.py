@@ -261,7 +261,8 @@ def _shift_masks(vectors: list[torch.Tensor], c_shift: int) -> list[torch.Tensor
 
 
 @register("cat", "CAT Merging", "Sun et al., CAT Merging: a training-free approach for resolving conflicts in "
-          "model merging, ICML 2025", CAT_HPARAMS, needs=(Need("gram", "alpha", "exemplars"),), scale="alpha")
+          "model merging, ICML 2025", CAT_HPARAMS, needs=(Need("gram", "alpha", "exemplars"),), scale="alpha",
+          per_unit=True, row_kinds=("embedding",))
 def cat(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """Trim each task vector of the components that conflict with other tasks, then task arithmetic.
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from mergeflow.errors import MergeflowError
-from mergeflow.merge.common import isotropic, merge_by_unit
+from mergeflow.merge.common import isotropic, merge_by_unit, polar_factor, top_singular
 from mergeflow.merge.registry import HParam, alpha, register
 
 
@@ -22,15 +22,13 @@ def subspace_sizes(r: int, tasks: int, fraction: float) -> tuple[int, int]:
     return k, s
 
 
-def _polar(m: torch.Tensor) -> torch.Tensor:
-    """``A Bᵀ`` of the reduced SVD ``m = A diag(·) Bᵀ``."""
-    a, _, bh = torch.linalg.svd(m, full_matrices=False)
-    return a @ bh
-
-
 def iso_cts_unit(vectors: list[torch.Tensor], fraction: float) -> torch.Tensor:
     """One 2-D unit's ``Δ = σ̄ · polar(U*) polar(V*)ᵀ`` (§7.1): the sum's top ``k`` directions and each task's
-    top ``s`` outside them, every direction at the mean of the selected singular values."""
+    top ``s`` outside them, every direction at the mean of the selected singular values.
+
+    Only the triplets kept are computed (the top ``k`` of the sum, the top ``s`` of each residual: eigenpairs
+    of the smaller float64 Gram), and the polar factors come from the ``r × r`` Grams: ``K + 3`` full SVDs per
+    unit otherwise, most of whose triplets are thrown away (benchmarks/merge_speed.py)."""
     total = sum(vectors)
     if not any(bool(v.any()) for v in vectors):
         return torch.zeros_like(total)
@@ -38,16 +36,16 @@ def iso_cts_unit(vectors: list[torch.Tensor], fraction: float) -> torch.Tensor:
     k, s = subspace_sizes(r, len(vectors), fraction)
     if s == 0:
         return isotropic(total)
-    u, sigma, vh = torch.linalg.svd(total, full_matrices=False)
-    u_c, v_c = u[:, :k], vh[:k].t()
-    us, vs, kept = [u_c], [v_c], sigma[:k].sum()
+    u_c, sigma, v_c = top_singular(total, k) if k else (total.new_zeros(total.shape[0], 0), total.new_zeros(0),
+                                                         total.new_zeros(total.shape[1], 0))
+    us, vs, kept = [u_c], [v_c], sigma.sum()
     for t in vectors:
         residual = t - u_c @ (u_c.t() @ t)  # the task's own directions: the common output space removed
-        p, mu, qh = torch.linalg.svd(residual, full_matrices=False)
-        us.append(p[:, :s])
-        vs.append(qh[:s].t())
-        kept = kept + mu[:s].sum()
-    return (kept / r) * (_polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vs, dim=1)).t())
+        p, mu, q = top_singular(residual, s)
+        us.append(p)
+        vs.append(q)
+        kept = kept + mu.sum()
+    return (kept / r) * (polar_factor(torch.cat(us, dim=1))[0] @ polar_factor(torch.cat(vs, dim=1))[0].t())
 
 
 @register("iso_cts", "Iso-CTS", "Marczak et al., No task left behind: isotropic model merging with common and "
@@ -55,9 +53,9 @@ def iso_cts_unit(vectors: list[torch.Tensor], fraction: float) -> torch.Tensor:
           {"alpha": alpha(1.5),
            "common_fraction": HParam(0.8, float, "share of the rank kept for the common subspace (1: Iso-C)",
                                      low=0.0, high=1.0, open_low=True)},
-          scale="alpha")
+          scale="alpha", per_unit=True)
 def iso_cts(pretrained, experts, stats=None, diagnostics=None, *, alpha, common_fraction):
     """2-D units: :func:`iso_cts_unit` of the task vectors; other parameters: the mean task vector."""
     return merge_by_unit(pretrained, experts,
                          lambda key, items: iso_cts_unit(items, common_fraction) if items[0].ndim == 2
-                         else torch.stack(items).mean(0), alpha, "Iso-CTS")
+                         else torch.stack(items).mean(0), alpha, "Iso-CTS", workers=None)

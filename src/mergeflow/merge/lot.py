@@ -70,7 +70,8 @@ def lot_tied_embedding(vectors: list[torch.Tensor], counts: list[torch.Tensor],
           "vector fusion, NeurIPS 2025 (arXiv 2505.23859)",
           {"lambda": alpha(1.2, "scale of the merged task vector"),
            "exemplars": HParam(64, int, "exemplars per task for the Grams", low=1, pipeline=True)},
-          needs=(Need("gram", 1.0, "exemplars"),), scale="lambda")
+          needs=(Need("gram", 1.0, "exemplars"),), scale="lambda", per_unit=True,
+          row_kinds=("embedding", "linear"))
 def lot(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """Linear units: Gram-weighted least squares; normalisation scales: energy-weighted mean; embeddings:
     count-weighted mean per row (a table tied to the output projection: both roles, :func:`lot_tied_embedding`);

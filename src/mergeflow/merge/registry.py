@@ -141,6 +141,8 @@ class MethodSpec:
     task_aware: bool = False  # the result keeps a per-task part: the task must be known at inference
     uses: tuple[str, ...] = ()  # what of mergeflow.merge.context.TaskData it reads: unlabeled, validation, merged
     training: bool = False  # it optimises something on data (its wall time is part of its cost)
+    per_unit: bool = False  # each parameter's result depends on that parameter alone: it can be streamed
+    row_kinds: tuple[str, ...] = ()  # unit kinds whose rows are merged independently (streamed in row blocks)
 
     def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``given``, each value checked; unknown names list the accepted ones."""
@@ -168,11 +170,15 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], needs: Sequence[Need] = (),
-             scale: str | None = None, *, task_aware: bool = False, uses: Sequence[str] = (), training: bool = False):
+             scale: str | None = None, *, task_aware: bool = False, uses: Sequence[str] = (), training: bool = False,
+             per_unit: bool = False, row_kinds: Sequence[str] = ()):
     """Decorator: register a pure merge function under ``name``.
 
     A ``task_aware`` method returns a :mod:`mergeflow.merge.task_aware` result instead of a state dict; a
     method that ``uses`` the encoder or data gets them as ``data=`` (:class:`mergeflow.merge.context.TaskData`).
+    A ``per_unit`` method merges every parameter from that parameter's task vectors and statistics alone, so
+    :mod:`mergeflow.merge.stream` may merge a model a layer at a time; ``row_kinds`` names the unit kinds
+    whose rows it merges independently (a vocabulary table may then be read in row blocks).
     """
     unknown = set(uses) - {"unlabeled", "validation", "merged"}
     if unknown:
@@ -182,7 +188,7 @@ def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], nee
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         METHODS[name] = MethodSpec(name, pretty, paper, fn, dict(hparams), tuple(needs), scale, task_aware,
-                                   tuple(uses), training)
+                                   tuple(uses), training, per_unit, tuple(row_kinds))
         return fn
 
     return wrap

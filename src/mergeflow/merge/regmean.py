@@ -19,7 +19,7 @@ def shrink(gram: torch.Tensor, a: float) -> torch.Tensor:
           "Jin et al., Dataless knowledge fusion by merging weights of language models, ICLR 2023",
           {"a": HParam(0.95, float, "off-diagonal scale of the Grams", low=0.0, high=1.0),
            "exemplars": HParam(256, int, "exemplars per task for the Grams", low=1, pipeline=True)},
-          needs=(Need("gram", 1.0, "exemplars"),))
+          needs=(Need("gram", 1.0, "exemplars"),), per_unit=True, row_kinds=("embedding",))
 def regmean(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, *, a, **_):
     """Linear units with statistics (optional ones too): ``W* = (Σ_k W_k G̃_k) · inv(Σ_k G̃_k)`` on whole
     weights; everything else: average."""

@@ -12,7 +12,8 @@ def summed(vectors):
 
 
 @register("task_arithmetic", "Task Arithmetic", "Ilharco et al., Editing models with task arithmetic, ICLR 2023",
-          {"alpha": alpha(0.3)}, scale="alpha")
+          {"alpha": alpha(0.3)}, scale="alpha", per_unit=True,
+          row_kinds=("linear", "scale", "shift", "embedding", "other"))
 def task_arithmetic(pretrained, experts, stats=None, diagnostics=None, *, alpha):
     """``θ_pre + α Σ_k T_k``."""
     return add_scaled(pretrained, summed(task_vectors(pretrained, experts)), alpha)

@@ -22,7 +22,8 @@ def tsv_matrix(deltas: list[torch.Tensor]) -> torch.Tensor:
     return (polar(u) * s) @ polar(v).t()
 
 
-@register("tsv", "TSV-Merge", "Gargiulo et al., Task singular vectors, CVPR 2025", {"alpha": alpha(1.0)}, scale="alpha")
+@register("tsv", "TSV-Merge", "Gargiulo et al., Task singular vectors, CVPR 2025", {"alpha": alpha(1.0)}, scale="alpha",
+          per_unit=True)
 def tsv(pretrained, experts, stats=None, diagnostics=None, *, alpha):
     """2-D weights: orthogonalised task singular vectors; other parameters: the mean task vector."""
     return merge_by_unit(pretrained, experts,

@@ -8,7 +8,8 @@ from mergeflow.merge.common import COMPUTE
 from mergeflow.merge.registry import register
 
 
-@register("weight_averaging", "Weight Averaging", "Wortsman et al., Model soups, ICML 2022", {})
+@register("weight_averaging", "Weight Averaging", "Wortsman et al., Model soups, ICML 2022", {},
+          per_unit=True, row_kinds=("linear", "scale", "shift", "embedding", "other"))
 def weight_averaging(pretrained, experts, stats=None, diagnostics=None):
     """``mean_k θ_k``."""
     out = {}

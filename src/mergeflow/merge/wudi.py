@@ -47,7 +47,7 @@ def wudi_unit(vectors: list[torch.Tensor], steps: int, lr: float, losses: list |
            "others": HParam("pretrained", str, "every other parameter: pretrained (no task vector, the official "
                             "code) or mean (the mean task vector, FusionBench)", choices=("pretrained", "mean")),
            "split_qkv": HParam(False, bool, "optimise q, k, v of a packed in_proj_weight as three units")},
-          scale="alpha")
+          scale="alpha", per_unit=True)
 def wudi(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN_CLIP, **hp):
     """Per unit ``θ_pre + α τ⁽steps⁾``; the rest ``θ_pre`` (or ``+ α·mean T_k`` with ``others: mean``)."""
     def delta(key: str, items: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,275 @@
+"""Streamed merging: one group of parameters (a layer, or a block of a vocabulary table's rows) of the base and
+every expert in memory at a time, read from safetensors files and written into the merged file in place.
+
+For a method whose rule is per unit (``MethodSpec.per_unit``), merging the model one group at a time is the
+same computation as merging it whole, so the result is byte-identical to :func:`mergeflow.merge.merge`
+followed by :func:`mergeflow.io.save_tensors` (``tests/test_stream.py``); peak memory is about one group ×
+(K + 2) plus that group's statistics, whatever the model's depth. Groups: every parameter under one numbered
+block (``...layers.7.``, ``...resblocks.7.``, ``...h.7.``) together; every other parameter alone, except that a
+token table travels with the output projection it may be tied to (both have one row per vocabulary entry).
+A group larger than ``block_mib`` is cut into row blocks when the method merges those units' rows
+independently (``MethodSpec.row_kinds``: an embedding's rows under LOT's count rule, any row under task
+arithmetic); the row blocks of a table and its projection line up.
+
+The output is written to a temporary file (header first, computed from the base's header with the layout
+``safetensors`` itself uses; then each group's tensors at their offsets) and renamed when complete: a merge
+killed midway leaves nothing a rerun would take for finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mergeflow.errors import MergeflowError
+from mergeflow.features.stats import TaskStats
+from mergeflow.io import _METADATA_KEY, atomic_path
+from mergeflow.families import Family, get_family
+
+_LAYER = re.compile(r"^(.*?\.\d+)\.")  # the numbered block a parameter belongs to
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass
+class Group:
+    """Parameters merged together: ``keys``, all of them cut to ``rows`` (None: whole)."""
+
+    keys: list[str]
+    rows: slice | None = None
+
+
+@dataclass
+class Plan:
+    groups: list[Group] = field(default_factory=list)
+    layout: dict[str, tuple[str, list[int], int, int]] = field(default_factory=dict)  # key → dtype, shape, start, end
+    header: bytes = b""
+
+
+class _Reader:
+    """Named tensors (or row ranges of them) from a safetensors file, read on demand."""
+
+    def __init__(self, path: Path, what: str):
+        from safetensors import safe_open
+
+        self.path, self.what = Path(path), what
+        if not self.path.is_file():
+            raise MergeflowError(f"{what} {self.path}: file not found")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            self.keys = set(self._file.keys())
+            self.info = {k: (self._file.get_slice(k).get_dtype(), list(self._file.get_slice(k).get_shape()))
+                         for k in self.keys}
+        except Exception as exc:  # noqa: BLE001 - any failure to read the header is one line naming the file
+            raise MergeflowError(f"{what} {self.path}: unreadable safetensors file ({exc})") from None
+
+    def get(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        try:
+            if rows is None:
+                return self._file.get_tensor(key)
+            return self._file.get_slice(key)[rows.start:rows.stop]
+        except Exception as exc:  # noqa: BLE001
+            raise MergeflowError(f"{self.what} {self.path}: could not read {key} ({exc})") from None
+
+
+def _groups(keys: list[str], family: Family) -> list[list[str]]:
+    """Keys grouped by numbered block; every other key alone, a token table with its output projection."""
+    by_block: dict[str, list[str]] = {}
+    order: list[str] = []
+    present = set(keys)
+    partner = {}
+    for key in keys:
+        site = family.unit(key).output_site
+        if site is not None and site in present:
+            partner[site] = key
+    for key in keys:
+        m = _LAYER.match(key)
+        name = m.group(1) if m else partner.get(key, key)
+        if name not in by_block:
+            by_block[name] = []
+            order.append(name)
+        by_block[name].append(key)
+    return [by_block[name] for name in order]
+
+
+def _nbytes(info: tuple[str, list[int]]) -> int:
+    dtype, shape = info
+    n = 1
+    for s in shape:
+        n *= s
+    return n * torch.empty(0, dtype=_DTYPES[dtype]).element_size()
+
+
+def _header(layout_order: list[str], info: dict[str, tuple[str, list[int]]], metadata: dict | None) -> tuple[bytes, dict]:
+    """The safetensors header for ``info`` (the order ``safetensors`` itself writes: found by saving one-element
+    stand-ins, so it follows the installed version), with offsets from the real sizes."""
+    from safetensors.torch import save
+
+    stand_ins = {k: torch.zeros(1, dtype=_DTYPES[info[k][0]]) for k in layout_order}
+    probe = save(stand_ins)
+    n = struct.unpack("<Q", probe[:8])[0]
+    order = [k for k in json.loads(probe[8:8 + n]) if k != "__metadata__"]
+    entries: dict[str, Any] = {}
+    if metadata:
+        entries["__metadata__"] = metadata
+    layout, offset = {}, 0
+    for key in order:
+        dtype, shape = info[key]
+        end = offset + _nbytes(info[key])
+        entries[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, end]}
+        layout[key] = (dtype, shape, offset, end)
+        offset = end
+    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text, layout
+
+
+def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family = "open_clip",
+         block_mib: float = 256.0, metadata: dict[str, str] | None = None) -> tuple[Plan, _Reader, dict[str, _Reader]]:
+    """Check the files against each other (headers only) and plan the groups and the output's layout."""
+    from mergeflow.merge import get_method
+
+    spec = get_method(name)
+    if not spec.per_unit:
+        per_unit = ", ".join(sorted(n for n, s in _methods().items() if s.per_unit))
+        raise MergeflowError(f"{name}: its rule is not per unit, so it cannot be streamed; methods that can: {per_unit}")
+    family = get_family(family)
+    pre = _Reader(base, "base")
+    readers = {t: _Reader(p, f"expert {t!r}") for t, p in experts.items()}
+    if not readers:
+        raise MergeflowError("no experts to merge")
+    ordered = sorted(pre.keys)
+    kinds = {k: family.unit(k).kind for k in ordered}
+    merged_keys = [k for k in ordered if kinds[k] != "head"]
+    for task, r in readers.items():
+        for key in merged_keys:
+            if kinds[key] == "excluded":
+                continue
+            if key not in r.keys:
+                raise MergeflowError(f"expert {task!r} ({r.path}): tensor {key} missing (the base has it)")
+            if r.info[key] != pre.info[key]:
+                raise MergeflowError(f"expert {task!r}: {key} is {r.info[key][0]} {r.info[key][1]}, the base's "
+                                     f"{pre.info[key][0]} {pre.info[key][1]}")
+    out = Plan()
+    header_meta = {_METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+    out.header, out.layout = _header(merged_keys, pre.info, header_meta)
+    budget = block_mib * 2**20
+    for keys in _groups(merged_keys, family):
+        size = sum(_nbytes(pre.info[k]) for k in keys)
+        lengths = {pre.info[k][1][0] if pre.info[k][1] else 0 for k in keys}
+        splittable = (size > budget and len(lengths) == 1 and 0 not in lengths
+                      and all(kinds[k] in spec.row_kinds for k in keys))
+        if not splittable:
+            out.groups.append(Group(keys))
+            continue
+        (length,) = lengths
+        step = max(1, int(length * budget // size))
+        out.groups.extend(Group(keys, slice(s, min(s + step, length))) for s in range(0, length, step))
+    return out, pre, readers
+
+
+def _methods():
+    from mergeflow.merge import METHODS
+
+    return METHODS
+
+
+def _group_stats(files: dict[str, _Reader], group: Group, family: Family) -> dict[str, TaskStats]:
+    """Each task's statistics for the sites of ``group`` (every row count: a row-weighted mean's fallback
+    reads them all), row-cut like the group."""
+    wanted: dict[str, slice | None] = {}
+    for key in group.keys:
+        unit = family.unit(key)
+        for site in (unit.site, unit.output_site):
+            if site is not None:
+                for name in ("gram", "sqnorm"):
+                    wanted[f"{name}/{site}"] = None
+                wanted[f"counts/{site}"] = group.rows
+        for name in ("fisher", "grad"):
+            wanted[f"{name}/{key}"] = group.rows
+    out = {}
+    for task, reader in files.items():
+        tensors = {k: reader.get(k) for k in reader.keys if k.startswith(("rows/", "weighting/"))}
+        for k, rows in wanted.items():
+            if k in reader.keys:
+                tensors[k] = reader.get(k, rows)
+        out[task] = TaskStats.from_tensors(tensors, str(reader.path))
+    return out
+
+
+def _check_stat_files(spec, hp: dict, experts: dict[str, _Reader], files: dict[str, _Reader]) -> None:
+    """Every task has a statistics file holding each kind the method needs (checked once, on the headers)."""
+    kinds = spec.stat_kinds(hp)
+    if not kinds:
+        return
+    if not files:
+        raise MergeflowError(f"{spec.name} needs statistics ({', '.join(sorted(kinds))}) but none were given")
+    for task in experts:
+        if task not in files:
+            raise MergeflowError(f"{spec.name}: no statistics for task {task!r}")
+        have = {k.partition("/")[0] for k in files[task].keys}
+        for kind in sorted(kinds - have):
+            raise MergeflowError(f"{spec.name}: statistics of task {task!r} ({files[task].path}) lack {kind!r}")
+
+
+def merge_streamed(name: str, base: str | Path, experts: dict[str, str | Path], out: str | Path,
+                   stats: dict[str, str | Path] | None = None, family: str | Family = "open_clip",
+                   block_mib: float = 256.0, metadata: dict[str, str] | None = None, **hyperparameters: Any) -> dict:
+    """Merge the experts' safetensors files into ``out`` one group at a time (see the module's docstring).
+
+    Args:
+        name: a method of the registry whose rule is per unit.
+        base, experts: safetensors files of ``θ_pre`` and of each task's expert (the same keys, shapes, dtypes).
+        out: the merged file (written atomically; heads left out, index buffers copied, as :func:`merge`).
+        stats: per task, the statistics file (:meth:`TaskStats.to_tensors`), for methods that need them.
+        block_mib: the largest group read at once before a vocabulary-sized table is cut into row blocks.
+        metadata: stored in the header as :func:`mergeflow.io.save_tensors` stores it.
+
+    Returns:
+        ``{"groups": n, "row_blocks": m}``.
+    """
+    from mergeflow.merge import get_method, merge_part
+
+    fam = get_family(family)
+    spec = get_method(name)
+    hp = spec.resolve(hyperparameters)
+    if spec.scale and hp[spec.scale] == "auto":
+        raise MergeflowError(f"{name}: {spec.scale}='auto' is resolved by the merge stage; pass a number here")
+    kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
+    the_plan, pre, readers = plan(name, Path(base), {t: Path(p) for t, p in experts.items()}, fam, block_mib, metadata)
+    stat_files = {t: _Reader(Path(p), f"statistics of {t!r}") for t, p in (stats or {}).items()}
+    _check_stat_files(spec, hp, readers, stat_files)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(the_plan.header)
+        data_start = len(the_plan.header)
+        for group in tqdm(the_plan.groups, desc=f"{name} (streamed)", unit="group", leave=False, mininterval=5.0):
+            sub_pre = {k: pre.get(k, group.rows) for k in group.keys}
+            sub_experts = {t: {k: r.get(k, group.rows) for k in group.keys if fam.unit(k).kind != "excluded"}
+                           for t, r in readers.items()}
+            if any(sub_experts[t] for t in sub_experts):
+                sub_stats = _group_stats(stat_files, group, fam) if stat_files else None
+                merged = merge_part(spec, kwargs, sub_pre, sub_experts, sub_stats, None, None, fam, check_stats=False)
+            else:  # index buffers only: copied from the base
+                sub_stats, merged = None, sub_pre
+            for key in group.keys:
+                dtype, shape, start, end = the_plan.layout[key]
+                tensor = merged[key].contiguous()
+                raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+                offset = start
+                if group.rows is not None:
+                    row_bytes = (end - start) // shape[0]
+                    offset += group.rows.start * row_bytes
+                f.seek(data_start + offset)
+                f.write(raw if isinstance(raw, bytes) else raw.tobytes())
+            del sub_pre, sub_experts, sub_stats, merged
+        f.flush()
+    return {"groups": len(the_plan.groups), "row_blocks": sum(g.rows is not None for g in the_plan.groups)}

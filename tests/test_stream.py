@@ -1,0 +1,156 @@
+"""Streamed merging (issue 30 item 4): a layer (or a block of a vocabulary table's rows) at a time from safetensors
+files gives the bytes of the whole-model merge; bad inputs are one line and leave nothing behind."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import perturbed
+from mergeflow.errors import MergeflowError
+from mergeflow.families import get_family
+from mergeflow.features.tokens import collect_token_stats
+from mergeflow.io import load_metadata, save_tensors
+from mergeflow.merge import METHODS, merge
+from mergeflow.merge.stream import merge_streamed, plan
+
+DEC = get_family("hf-decoder")
+TIED = {"model_type": "llama", "vocab_size": 96, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64, "pad_token_id": 0,
+        "tie_word_embeddings": True}
+HP = {"task_arithmetic": {"alpha": 0.3}, "lot": {"lambda": 1.1}, "cat": {"alpha": 0.3, "c": 2, "c_ln": 2, "c_shift": 2},
+      "regmean": {"a": 0.9}, "iso_c": {"alpha": 0.8}, "iso_cts": {"alpha": 0.8}, "tsv": {"alpha": 0.8},
+      "cart": {"lambda": 1.5}, "wudi": {"alpha": 1.0, "steps": 5, "lr": 1e-3}, "weight_averaging": {}}
+STREAMED = sorted(n for n, s in METHODS.items() if s.per_unit)
+
+
+def _batch(seed, vocab=96):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def decoder_files(request, tmp_path_factory):
+    """A 2-layer LLaMA (tied as saved: no lm_head.weight; or untied), three experts and their statistics, on disk."""
+    root = tmp_path_factory.mktemp(request.param)
+    cfg = {**TIED, "tie_word_embeddings": request.param == "tied"}
+    torch.manual_seed(0)
+    base = DEC.build(cfg)
+    pre = {k: v.clone() for k, v in base.state_dict().items() if request.param == "untied" or k != "lm_head.weight"}
+    experts, stats = {}, {}
+    for i in range(3):
+        experts[f"t{i}"] = perturbed(pre, i, scale=0.02)
+        model = DEC.build(cfg)
+        model.load_state_dict(experts[f"t{i}"], strict=False)
+        stats[f"t{i}"] = collect_token_stats(model, [_batch(i)], DEC)
+    save_tensors(root / "base.safetensors", pre)
+    paths = {t: root / f"{t}.safetensors" for t in experts}
+    stat_paths = {t: root / f"{t}.stats.safetensors" for t in experts}
+    for t in experts:
+        save_tensors(paths[t], experts[t])
+        save_tensors(stat_paths[t], stats[t].to_tensors())
+    return root, pre, experts, stats, paths, stat_paths
+
+
+def test_every_per_unit_method_is_tested_here():
+    assert set(STREAMED) == set(HP)
+
+
+@pytest.mark.parametrize("name", STREAMED)
+def test_a_streamed_merge_writes_the_whole_merges_bytes(decoder_files, name, tmp_path):
+    """Layer by layer, the token table (and an untied lm_head) in row blocks where the method allows: the
+    file equals save_tensors of the whole-model merge, byte for byte."""
+    _, pre, experts, stats, paths, stat_paths = decoder_files
+    needs = METHODS[name].stat_kinds(METHODS[name].resolve(HP[name]))
+    whole = merge(name, pre, experts, stats=stats if needs else None, family=DEC, **HP[name])
+    save_tensors(tmp_path / "whole.safetensors", whole, {"method": name})
+    report = merge_streamed(name, paths["t0"].parent / "base.safetensors", paths, tmp_path / "streamed.safetensors",
+                            stats=stat_paths if needs else None, family=DEC, block_mib=0.002,
+                            metadata={"method": name}, **HP[name])
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+    assert load_metadata(tmp_path / "streamed.safetensors") == {"method": name}
+    assert report["groups"] >= 4
+    table = {"embedding"} | ({"linear"} if "lm_head.weight" in pre else set())  # an untied head travels with it
+    if table <= set(METHODS[name].row_kinds):
+        assert report["row_blocks"] >= 2  # the 96-row table (and head) read in blocks
+    else:
+        assert report["row_blocks"] == 0
+
+
+def test_the_groups_are_layers_and_a_table_travels_with_its_projection(decoder_files):
+    root, pre, *_, paths, _ = decoder_files
+    the_plan, *_ = plan("task_arithmetic", root / "base.safetensors", paths, DEC, block_mib=1000)
+    groups = [g.keys for g in the_plan.groups]
+    layer0 = [k for k in pre if k.startswith("model.layers.0.")]
+    assert sorted(layer0) in [sorted(g) for g in groups]
+    table = [g for g in groups if "model.embed_tokens.weight" in g][0]
+    assert table == sorted(["model.embed_tokens.weight"] + (["lm_head.weight"] if "lm_head.weight" in pre else []))
+
+
+def test_a_method_whose_rule_is_not_per_unit_is_refused(decoder_files, tmp_path):
+    root, *_, paths, _ = decoder_files
+    with pytest.raises(MergeflowError, match=r"^ties: its rule is not per unit, so it cannot be streamed; methods "
+                                             r"that can: cart, cat, iso_c"):
+        merge_streamed("ties", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_expert_missing_a_layer_is_one_line_and_nothing_is_written(decoder_files, tmp_path):
+    root, pre, experts, *_ = decoder_files
+    cut = {k: v for k, v in experts["t1"].items() if not k.startswith("model.layers.1.")}
+    save_tensors(tmp_path / "cut.safetensors", cut)
+    paths = {"t0": root / "t0.safetensors", "t1": tmp_path / "cut.safetensors"}
+    first = sorted(k for k in pre if k.startswith("model.layers.1."))[0]
+    with pytest.raises(MergeflowError, match=rf"^expert 't1' \(.*cut.safetensors\): tensor {first} missing "
+                                             r"\(the base has it\)$"):
+        merge_streamed("task_arithmetic", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC,
+                       alpha=0.3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors"]
+
+
+def test_an_expert_of_another_shape_is_one_line_naming_both(decoder_files, tmp_path):
+    root, pre, experts, *_ = decoder_files
+    key = "model.embed_tokens.weight"
+    wider = {**experts["t1"], key: torch.zeros(100, 16)}
+    save_tensors(tmp_path / "wide.safetensors", wider)
+    paths = {"t0": root / "t0.safetensors", "t1": tmp_path / "wide.safetensors"}
+    with pytest.raises(MergeflowError, match=rf"^expert 't1': {key} is F32 \[100, 16\], the base's F32 \[96, 16\]$"):
+        merge_streamed("task_arithmetic", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC,
+                       alpha=0.3)
+
+
+def test_a_merge_that_fails_midway_leaves_no_output(decoder_files, tmp_path, monkeypatch):
+    """A failure (or a kill) in the middle leaves only the temporary file's absence: nothing at the target."""
+    import mergeflow.merge as merging
+
+    root, *_, paths, _ = decoder_files
+    calls = []
+    real = merging.merge_part
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merging, "merge_part", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        merge_streamed("task_arithmetic", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC,
+                       alpha=0.3)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_header_follows_safetensors_layout_for_mixed_dtypes(tmp_path):
+    """bf16, float32 and int64 tensors: the header (order, offsets, padding) equals safetensors' own."""
+    from mergeflow.merge.stream import _header
+
+    tensors = {"b.weight": torch.zeros(3, 5, dtype=torch.bfloat16), "a.weight": torch.zeros(2, dtype=torch.float32),
+               "c.index": torch.arange(3), "d.half": torch.zeros(7, dtype=torch.float16)}
+    save_tensors(tmp_path / "ref.safetensors", tensors, {"x": "1"})
+    info = {k: ({torch.bfloat16: "BF16", torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}[v.dtype],
+                list(v.shape)) for k, v in tensors.items()}
+    header, _ = _header(sorted(tensors), info, {"mergeflow": json.dumps({"x": "1"})})
+    assert (tmp_path / "ref.safetensors").read_bytes()[:len(header)] == header
