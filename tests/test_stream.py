@@ -154,3 +154,15 @@ def test_the_header_follows_safetensors_layout_for_mixed_dtypes(tmp_path):
                 list(v.shape)) for k, v in tensors.items()}
     header, _ = _header(sorted(tensors), info, {"mergeflow": json.dumps({"x": "1"})})
     assert (tmp_path / "ref.safetensors").read_bytes()[:len(header)] == header
+
+
+def test_a_truncated_expert_is_one_line_naming_it_before_anything_is_read(decoder_files, tmp_path):
+    root, *_ = decoder_files
+    raw = (root / "t1.safetensors").read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(raw[:-100])
+    paths = {"t0": root / "t0.safetensors", "t1": tmp_path / "short.safetensors"}
+    with pytest.raises(MergeflowError, match=r"^expert 't1' .*short.safetensors: unreadable safetensors file "
+                                             r"\(.*: data offsets \[\d+, \d+\] do not fit its shape or the file\)$"):
+        merge_streamed("task_arithmetic", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC,
+                       alpha=0.3)
+    assert not (tmp_path / "out.safetensors").exists()

@@ -8,15 +8,16 @@ import torch
 
 from mergeflow.families import Family
 from mergeflow.families.open_clip_vit import OPEN_CLIP
-from mergeflow.merge.common import merge_by_unit
+from mergeflow.merge.common import merge_by_unit, top_singular
 from mergeflow.merge.registry import HParam, alpha, register
 
 
 def low_rank(m: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``m``'s best rank-``q`` approximation, ``q = max(1, ⌊ratio · r⌋)``."""
+    """``m``'s best rank-``q`` approximation, ``q = max(1, ⌊ratio · r⌋)``: only the ``q`` triplets kept are
+    computed (eigenpairs of the smaller Gram), not a full SVD."""
     q = max(1, math.floor(ratio * min(m.shape)))
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    return (u[:, :q] * s[:q]) @ vh[:q]
+    u, s, v = top_singular(m, q)
+    return (u * s) @ v.t()
 
 
 def cart_delta(vectors: list[torch.Tensor], ratio: float, lam: float, linear: bool) -> torch.Tensor:
@@ -39,4 +40,4 @@ def cart(pretrained, experts, stats=None, diagnostics=None, family: Family = OPE
     ratio, lam = hp["rank_ratio"], hp["lambda"]
     return merge_by_unit(pretrained, experts,
                          lambda key, items: cart_delta(items, ratio, lam, family.unit(key).resolved().kind == "linear"
-                                                       and items[0].ndim == 2), 1.0, "CART")
+                                                       and items[0].ndim == 2), 1.0, "CART", workers=None)

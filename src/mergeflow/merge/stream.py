@@ -19,6 +19,7 @@ killed midway leaves nothing a rerun would take for finished.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -56,29 +57,66 @@ class Plan:
 
 
 class _Reader:
-    """Named tensors (or row ranges of them) from a safetensors file, read on demand."""
+    """Named tensors (or row ranges of them) from a safetensors file, read with ``os.pread`` on demand.
+
+    No memory map: every page of a mapped file that a process has touched counts as its memory until the map
+    closes, so reading a model a layer at a time through ``safe_open`` would end with every file's size in
+    the peak RSS (the same reason as :mod:`mergeflow.data.split_file`). The header is checked before any
+    read: known dtypes, offsets that match the shapes and lie inside the file."""
+
+    _MAX_HEADER = 100 * 2**20
 
     def __init__(self, path: Path, what: str):
-        from safetensors import safe_open
-
         self.path, self.what = Path(path), what
         if not self.path.is_file():
             raise MergeflowError(f"{what} {self.path}: file not found")
+        size = self.path.stat().st_size
+        self._fd = os.open(self.path, os.O_RDONLY)
         try:
-            self._file = safe_open(str(self.path), framework="pt")
-            self.keys = set(self._file.keys())
-            self.info = {k: (self._file.get_slice(k).get_dtype(), list(self._file.get_slice(k).get_shape()))
-                         for k in self.keys}
-        except Exception as exc:  # noqa: BLE001 - any failure to read the header is one line naming the file
+            n = struct.unpack("<Q", os.pread(self._fd, 8, 0).ljust(8, b"\0"))[0]
+            if not 2 <= n <= min(self._MAX_HEADER, size - 8):
+                raise ValueError(f"header length {n} for a file of {size} bytes")
+            header = json.loads(os.pread(self._fd, n, 8))
+            self._start = 8 + n
+            self.info, self._offsets = {}, {}
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                dtype, shape, (lo, hi) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+                if dtype not in _DTYPES or any(d < 0 for d in shape):
+                    raise ValueError(f"{key}: dtype {dtype} shape {shape}")
+                if hi - lo != _nbytes((dtype, shape)) or lo < 0 or self._start + hi > size:
+                    raise ValueError(f"{key}: data offsets [{lo}, {hi}] do not fit its shape or the file")
+                self.info[key], self._offsets[key] = (dtype, shape), lo
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            self.close()
             raise MergeflowError(f"{what} {self.path}: unreadable safetensors file ({exc})") from None
+        self.keys = set(self.info)
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        if os is not None:  # at interpreter exit the module may be gone already
+            self.close()
 
     def get(self, key: str, rows: slice | None = None) -> torch.Tensor:
-        try:
-            if rows is None:
-                return self._file.get_tensor(key)
-            return self._file.get_slice(key)[rows.start:rows.stop]
-        except Exception as exc:  # noqa: BLE001
-            raise MergeflowError(f"{self.what} {self.path}: could not read {key} ({exc})") from None
+        dtype, shape = self.info[key]
+        first, count = (0, shape[0] if shape else 1) if rows is None else (rows.start, rows.stop - rows.start)
+        row_bytes = _nbytes((dtype, shape[1:])) if shape else _nbytes((dtype, []))
+        out = torch.empty([count, *shape[1:]] if shape else [], dtype=_DTYPES[dtype])
+        if not out.numel():
+            return out
+        buffer = memoryview(out.reshape(-1).view(torch.uint8).numpy())  # read straight into the tensor
+        offset, done = self._start + self._offsets[key] + first * row_bytes, 0
+        while done < len(buffer):  # one read returns at most ~2 GiB
+            got = os.preadv(self._fd, [buffer[done:]], offset + done)
+            if got <= 0:
+                raise MergeflowError(f"{self.what} {self.path}: {key} is cut short")
+            done += got
+        return out
 
 
 def _groups(keys: list[str], family: Family) -> list[list[str]]:
@@ -134,7 +172,7 @@ def _header(layout_order: list[str], info: dict[str, tuple[str, list[int]]], met
 
 
 def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family = "open_clip",
-         block_mib: float = 256.0, metadata: dict[str, str] | None = None) -> tuple[Plan, _Reader, dict[str, _Reader]]:
+         block_mib: float = 32.0, metadata: dict[str, str] | None = None) -> tuple[Plan, _Reader, dict[str, _Reader]]:
     """Check the files against each other (headers only) and plan the groups and the output's layout."""
     from mergeflow.merge import get_method
 
@@ -223,7 +261,7 @@ def _check_stat_files(spec, hp: dict, experts: dict[str, _Reader], files: dict[s
 
 def merge_streamed(name: str, base: str | Path, experts: dict[str, str | Path], out: str | Path,
                    stats: dict[str, str | Path] | None = None, family: str | Family = "open_clip",
-                   block_mib: float = 256.0, metadata: dict[str, str] | None = None, **hyperparameters: Any) -> dict:
+                   block_mib: float = 32.0, metadata: dict[str, str] | None = None, **hyperparameters: Any) -> dict:
     """Merge the experts' safetensors files into ``out`` one group at a time (see the module's docstring).
 
     Args:
