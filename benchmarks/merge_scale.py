@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 28])
     parser.add_argument("--experts", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--methods", nargs="+", default=["task_arithmetic", "lot", "cat"])
+    parser.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "lot", "cat"])
     parser.add_argument("--whole", action="store_true", help="also the whole-model path (at the smallest depth)")
     parser.add_argument("--block-mib", type=float, default=32.0)
     parser.add_argument("--dir", default="/var/tmp/mergeflow-scale")

@@ -20,7 +20,8 @@ TIED = {"model_type": "llama", "vocab_size": 96, "hidden_size": 16, "num_hidden_
         "tie_word_embeddings": True}
 HP = {"task_arithmetic": {"alpha": 0.3}, "lot": {"lambda": 1.1}, "cat": {"alpha": 0.3, "c": 2, "c_ln": 2, "c_shift": 2},
       "regmean": {"a": 0.9}, "iso_c": {"alpha": 0.8}, "iso_cts": {"alpha": 0.8}, "tsv": {"alpha": 0.8},
-      "cart": {"lambda": 1.5}, "wudi": {"alpha": 1.0, "steps": 5, "lr": 1e-3}, "weight_averaging": {}}
+      "cart": {"lambda": 1.5}, "wudi": {"alpha": 1.0, "steps": 5, "lr": 1e-3}, "weight_averaging": {},
+      "ties": {"alpha": 0.4, "density": 0.3}}
 STREAMED = sorted(n for n, s in METHODS.items() if s.per_unit)
 
 
@@ -92,9 +93,9 @@ def test_the_groups_are_layers_and_a_table_travels_with_its_projection(decoder_f
 
 def test_a_method_whose_rule_is_not_per_unit_is_refused(decoder_files, tmp_path):
     root, *_, paths, _ = decoder_files
-    with pytest.raises(MergeflowError, match=r"^ties: its rule is not per unit, so it cannot be streamed; methods "
+    with pytest.raises(MergeflowError, match=r"^pcb: its rule is not per unit, so it cannot be streamed; methods "
                                              r"that can: cart, cat, iso_c"):
-        merge_streamed("ties", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC)
+        merge_streamed("pcb", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC)
     assert not list(tmp_path.iterdir())
 
 
@@ -166,3 +167,25 @@ def test_a_truncated_expert_is_one_line_naming_it_before_anything_is_read(decode
         merge_streamed("task_arithmetic", root / "base.safetensors", paths, tmp_path / "out.safetensors", family=DEC,
                        alpha=0.3)
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.2, 0.999, 1.0])
+def test_ties_whole_model_thresholds_from_parts_are_the_exact_kth_magnitudes(density):
+    from mergeflow.merge.common import kth_smallest
+    from mergeflow.merge.ties import ties_globals
+
+    g = torch.Generator().manual_seed(0)
+    pre = {f"p{i}": torch.randn(n, generator=g) for i, n in enumerate((7, 300, 1, 64))}
+    experts = {t: {k: v + torch.randn(v.shape, generator=g).round(decimals=1) for k, v in pre.items()}  # ties
+               for t in ("a", "b", "c")}
+
+    def parts():
+        for key in pre:  # one parameter at a time
+            yield {key: pre[key]}, {t: {key: sd[key]} for t, sd in experts.items()}
+
+    out = ties_globals(parts, density=density)
+    d = sum(v.numel() for v in pre.values())
+    k = d - int(density * d)
+    for i, sd in enumerate(experts.values()):
+        magnitude = torch.cat([(sd[key] - pre[key]).abs() for key in pre])
+        assert out["thresholds"][i] == (kth_smallest(magnitude, k) if k > 0 else None)

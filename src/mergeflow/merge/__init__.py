@@ -152,8 +152,9 @@ def merge(name: str, pretrained: dict[str, torch.Tensor], experts: dict[str, dic
 
 def merge_part(spec: MethodSpec, hp: dict[str, Any], pretrained, experts, stats, diagnostics, data, family: Family,
                check_stats: bool):
-    """:func:`merge` with resolved hyper-parameters; ``check_stats`` False for a part of a model (a streamed
-    group: a layer without linear units has no Gram, which its caller checked for the whole model)."""
+    """:func:`merge` with resolved hyper-parameters (plus a ``prepare`` step's results, which pass through);
+    ``check_stats`` False for a part of a model (a streamed group: a layer without linear units has no Gram,
+    which its caller checked for the whole model)."""
     name = spec.name
     kinds = {k: family.unit(k).kind for sd in (pretrained, *experts.values()) for k in sd}
     copied = {k: v for k, v in pretrained.items() if kinds[k] == "excluded"}
@@ -162,7 +163,7 @@ def merge_part(spec: MethodSpec, hp: dict[str, Any], pretrained, experts, stats,
     check_inputs(pretrained, experts)
     if check_stats:
         _check_stats(spec, hp, experts, stats)
-    kwargs = {k: v for k, v in hp.items() if not spec.hparams[k].pipeline}
+    kwargs = {k: v for k, v in hp.items() if k not in spec.hparams or not spec.hparams[k].pipeline}
     if spec.uses:
         if data is None:
             raise MergeflowError(f"{name} runs the encoder ({', '.join(spec.uses)}): pass data=TaskData(...)")

@@ -143,6 +143,7 @@ class MethodSpec:
     training: bool = False  # it optimises something on data (its wall time is part of its cost)
     per_unit: bool = False  # each parameter's result depends on that parameter alone: it can be streamed
     row_kinds: tuple[str, ...] = ()  # unit kinds whose rows are merged independently (streamed in row blocks)
+    prepare: Callable[..., dict] | None = None  # whole-model quantities a streamed merge computes first
 
     def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``given``, each value checked; unknown names list the accepted ones."""
@@ -171,14 +172,17 @@ METHODS: dict[str, MethodSpec] = {}
 
 def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], needs: Sequence[Need] = (),
              scale: str | None = None, *, task_aware: bool = False, uses: Sequence[str] = (), training: bool = False,
-             per_unit: bool = False, row_kinds: Sequence[str] = ()):
+             per_unit: bool = False, row_kinds: Sequence[str] = (), prepare: Callable[..., dict] | None = None):
     """Decorator: register a pure merge function under ``name``.
 
     A ``task_aware`` method returns a :mod:`mergeflow.merge.task_aware` result instead of a state dict; a
     method that ``uses`` the encoder or data gets them as ``data=`` (:class:`mergeflow.merge.context.TaskData`).
     A ``per_unit`` method merges every parameter from that parameter's task vectors and statistics alone, so
     :mod:`mergeflow.merge.stream` may merge a model a layer at a time; ``row_kinds`` names the unit kinds
-    whose rows it merges independently (a vocabulary table may then be read in row blocks).
+    whose rows it merges independently (a vocabulary table may then be read in row blocks). A method with a
+    whole-model step (TIES's trim thresholds) is per unit given ``prepare(parts, **hp) -> dict``: that step
+    computed from the model's parts (``parts()`` yields ``(pretrained, experts)`` part by part), its result
+    passed to the function as extra keyword arguments.
     """
     unknown = set(uses) - {"unlabeled", "validation", "merged"}
     if unknown:
@@ -188,7 +192,7 @@ def register(name: str, pretty: str, paper: str, hparams: dict[str, HParam], nee
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         METHODS[name] = MethodSpec(name, pretty, paper, fn, dict(hparams), tuple(needs), scale, task_aware,
-                                   tuple(uses), training, per_unit, tuple(row_kinds))
+                                   tuple(uses), training, per_unit, tuple(row_kinds), prepare)
         return fn
 
     return wrap

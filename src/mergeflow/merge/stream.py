@@ -286,13 +286,27 @@ def merge_streamed(name: str, base: str | Path, experts: dict[str, str | Path], 
     the_plan, pre, readers = plan(name, Path(base), {t: Path(p) for t, p in experts.items()}, fam, block_mib, metadata)
     stat_files = {t: _Reader(Path(p), f"statistics of {t!r}") for t, p in (stats or {}).items()}
     _check_stat_files(spec, hp, readers, stat_files)
+
+    def read(group: Group):
+        sub_pre = {k: pre.get(k, group.rows) for k in group.keys}
+        sub_experts = {t: {k: r.get(k, group.rows) for k in group.keys if fam.unit(k).kind != "excluded"}
+                       for t, r in readers.items()}
+        return sub_pre, sub_experts
+
+    if spec.prepare is not None:  # the method's whole-model quantities first, from the parts
+        def parts():
+            for group in the_plan.groups:
+                sub_pre, sub_experts = read(group)
+                merged_keys = [k for k in group.keys if fam.unit(k).kind not in ("head", "excluded")]
+                yield ({k: sub_pre[k] for k in merged_keys},
+                       {t: {k: sd[k] for k in merged_keys} for t, sd in sub_experts.items()})
+
+        kwargs.update(spec.prepare(parts, **kwargs))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         f.write(the_plan.header)
         data_start = len(the_plan.header)
         for group in tqdm(the_plan.groups, desc=f"{name} (streamed)", unit="group", leave=False, mininterval=5.0):
-            sub_pre = {k: pre.get(k, group.rows) for k in group.keys}
-            sub_experts = {t: {k: r.get(k, group.rows) for k in group.keys if fam.unit(k).kind != "excluded"}
-                           for t, r in readers.items()}
+            sub_pre, sub_experts = read(group)
             if any(sub_experts[t] for t in sub_experts):
                 sub_stats = _group_stats(stat_files, group, fam) if stat_files else None
                 merged = merge_part(spec, kwargs, sub_pre, sub_experts, sub_stats, None, None, fam, check_stats=False)
