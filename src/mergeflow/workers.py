@@ -18,6 +18,7 @@ from typing import Any
 
 # How often a worker looks whether its parent still lives (seconds).
 _PARENT_POLL_S = 0.5
+_RETRY_S = 0.05  # how soon a SIGTERM that arrived during an import is taken again
 
 
 def cpu_cores() -> int:
@@ -32,7 +33,24 @@ def threads_per_job(jobs: int) -> int:
 
 
 def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM as ``SystemExit``, so that a job's ``finally`` removes its temporary files; but never in the
+    middle of an import (a job's module is imported when its first job is unpickled): an exception raised
+    into a half-imported NumPy or SciPy sends their cleanup code into an endless recursion and a traceback,
+    so the signal is sent again shortly, once the import is done."""
+    if _importing(frame):
+        again = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     raise SystemExit(128 + signum)
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _end_with_parent(parent: int) -> None:
