@@ -189,3 +189,25 @@ def test_ties_whole_model_thresholds_from_parts_are_the_exact_kth_magnitudes(den
     for i, sd in enumerate(experts.values()):
         magnitude = torch.cat([(sd[key] - pre[key]).abs() for key in pre])
         assert out["thresholds"][i] == (kth_smallest(magnitude, k) if k > 0 else None)
+
+
+def test_the_merge_files_command_writes_the_streamed_merge_and_names_bad_arguments(decoder_files, tmp_path, capsys):
+    from mergeflow.cli import main
+
+    root, pre, experts, stats, paths, stat_paths = decoder_files
+    argv = ["merge-files", "--method", "lot", "--base", str(root / "base.safetensors"), "--set", "lambda=1.1",
+            "--out", str(tmp_path / "lot.safetensors")]
+    for t in paths:
+        argv += ["--expert", f"{t}={paths[t]}", "--stats", f"{t}={stat_paths[t]}"]
+    assert main(argv) == 0
+    assert "lot of 3 experts" in capsys.readouterr().out
+    whole = merge("lot", pre, experts, stats=stats, family=DEC, **{"lambda": 1.1})
+    save_tensors(tmp_path / "whole.safetensors", whole, {"method": "lot"})
+    assert (tmp_path / "lot.safetensors").read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*argv[:-2], "--out", str(tmp_path / "x.safetensors"), "--expert", "t9"]) == 2
+    assert capsys.readouterr().err.strip() == "mergeflow merge-files: error: --expert 't9': expected NAME=VALUE"
+    assert main([*argv[:5], "--expert", f"t0={paths['t0']}", "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == ("mergeflow merge-files: error: lot needs statistics (gram) but none "
+                                               "were given")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()

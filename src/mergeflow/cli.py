@@ -63,7 +63,48 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--model", required=True, nargs="+",
                            help="zeroshot | individual | <merge run> (several: one process)")
+    text = ("merge safetensors files a layer at a time (any size of model; no params file): "
+            "--method M --base FILE --expert TASK=FILE ... --out FILE")
+    p = sub.add_parser("merge-files", help=text, description=text)
+    p.add_argument("--method", required=True, help="a method whose rule is per unit (task_arithmetic, ties, lot, cat, ...)")
+    p.add_argument("--base", required=True, help="the pre-trained model's safetensors file")
+    p.add_argument("--expert", required=True, action="append", metavar="TASK=FILE", help="one per expert")
+    p.add_argument("--stats", action="append", default=[], metavar="TASK=FILE",
+                   help="each task's statistics file, for the methods that need them")
+    p.add_argument("--family", default="hf-decoder", help="the model family's adapter (default: hf-decoder)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyper-parameter (a YAML value: --set alpha=0.3 --set lambda=1.2)")
+    p.add_argument("--block-mib", type=float, default=32.0, help="row blocks of a vocabulary table (MiB)")
+    p.add_argument("--out", required=True, help="the merged safetensors file (written when complete)")
     return parser
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict; anything else is one line naming it."""
+    from mergeflow.errors import MergeflowError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise MergeflowError(f"{what} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise MergeflowError(f"{what} {name!r} given twice")
+        out[name] = value
+    return out
+
+
+def _merge_files(args: argparse.Namespace) -> None:
+    import yaml
+
+    from mergeflow.merge.stream import merge_streamed
+
+    hp = {k: yaml.safe_load(v) for k, v in _pairs(args.set, "--set").items()}
+    report = merge_streamed(args.method, args.base, _pairs(args.expert, "--expert"), args.out,
+                            stats=_pairs(args.stats, "--stats") or None, family=args.family,
+                            block_mib=args.block_mib, metadata={"method": args.method}, **hp)
+    print(f"{args.out}: {args.method} of {len(args.expert)} experts, {report['groups']} groups "
+          f"({report['row_blocks']} row blocks)")
 
 
 def _tasks(args: argparse.Namespace, cfg) -> list[str]:
@@ -142,6 +183,9 @@ def _run(args: argparse.Namespace) -> None:
 
     from mergeflow import config
 
+    if args.stage == "merge-files":  # files in, a file out: no configuration, no pipeline
+        _merge_files(args)
+        return
     cfg = config.load(args.params)
     if cfg.suite == "all":  # a suites file: its DAG and its cross-suite report; each suite's stages read their own file
         if args.stage not in SUITES_HANDLERS:
