@@ -2,7 +2,8 @@
 
 Random bf16 weights with Qwen3-0.6B's names and shapes (hidden 1024, 16 query and 8 key/value heads of 128,
 MLP 3072, vocabulary 151,936 tied to the output) at a chosen depth, K experts (the base plus noise) and each
-task's statistics (Grams of every input site, the token table's counts) written as safetensors; each
+task's statistics (Grams of every input site, the token table's counts; CAT's from 2 exemplars × 128 tokens,
+so of rank 256, as the pipeline records them) written as safetensors; each
 (method, path) then runs in its own process and reports its wall time and peak RSS (``VmHWM``: the
 inputs are read from disk, so the peak is the merge's own working set). Statistics are one file hard-linked
 for every task: generating K different ones would only take longer, and each task's copy is still read.
@@ -96,6 +97,27 @@ def write_inputs(root: Path, layers: int, experts: int) -> dict:
     for path in paths["stats"].values():
         if not path.exists():
             os.link(shared, path)
+    # CAT's own statistics: 2 exemplars x 128 tokens per task, so every Gram has rank <= 256 (its factor is
+    # d x 256, found by a pivoted Cholesky), as the pipeline records them for CAT
+    cat_shared = root / "stats-cat.safetensors"
+    if not cat_shared.is_file():
+        family = get_family("hf-decoder")
+        tensors = {}
+        rows = EXEMPLAR_ROWS["cat"]
+        for name, shape in shapes(layers).items():
+            unit = family.unit(name)
+            site = unit.site
+            if unit.kind == "linear" and f"gram/{site}" not in tensors:
+                x = torch.randn(rows, shape[1], generator=g)
+                tensors[f"gram/{site}"], tensors[f"rows/{site}"] = x.t() @ x, torch.tensor(rows)
+            elif unit.kind == "scale":
+                tensors[f"sqnorm/{site}"] = torch.rand(shape, generator=g) * rows
+                tensors[f"rows/{site}"] = torch.tensor(rows)
+        save_tensors(cat_shared, tensors)
+    for k in range(experts):
+        path = root / f"t{k}.cat-stats.safetensors"
+        if not path.exists():
+            os.link(cat_shared, path)
     return paths
 
 
@@ -121,7 +143,9 @@ def run_one(method: str, root: Path, experts: int, whole: bool, block_mib: float
         hp["exemplars"] = 2
     tasks = [f"t{k}" for k in range(experts)]
     experts_paths = {t: root / f"{t}.safetensors" for t in tasks}
-    stats_paths = {t: root / f"{t}.stats.safetensors" for t in tasks} if spec.stat_kinds(spec.resolve(hp)) else None
+    suffix = "cat-stats" if method == "cat" else "stats"
+    stats_paths = ({t: root / f"{t}.{suffix}.safetensors" for t in tasks} if spec.stat_kinds(spec.resolve(hp))
+                   else None)
     out = root / f"merged-{method}-{experts}-{'whole' if whole else 'streamed'}.safetensors"
     start = time.perf_counter()
     if whole:
@@ -142,23 +166,25 @@ def run_one(method: str, root: Path, experts: int, whole: bool, block_mib: float
             "threads": torch.get_num_threads()}
 
 
-def extrapolate(rows: list[dict], layers: list[int]) -> None:
-    """Streamed peak ≈ fixed + (K + 2) × largest group: fit per method at the deepest measured depth, then
-    evaluate at LLaMA-3-8B's largest group (one layer: 218 M parameters, 436 MB in bf16) and its time as
-    measured time × (8B parameters / this model's)."""
-    qwen_group = sum(int.__mul__(*s) if len(s) == 2 else s[0] for s in layer_shapes(0).values()) * 2  # bf16 bytes
-    llama_group = (4096 * 4096 * 2 + 1024 * 4096 * 2 + 3 * 14336 * 4096) * 2
-    depth = max(layers)
-    params = sum(s[0] * (s[1] if len(s) == 2 else 1) for s in shapes(depth).values())
-    print(f"\nextrapolation to an 8B model (LLaMA-3-8B: 32 layers of 218 M parameters, vocabulary 128,256 "
-          f"untied; {depth}-layer Qwen3-0.6B here has {params / 1e9:.2f} B):")
-    print("  peak(8B) = peak(here) × group(8B) / group(here); time(8B) = time(here) × 8.0 B / params(here)")
+def extrapolate(rows: list[dict], layers: list[int], baseline_mib: float = 250.0) -> None:
+    """Streamed peak at 8B ≈ b + (peak − b) × (one 8B layer / one layer here), ``b`` the process after its
+    imports (~250 MiB): as if the whole working set above it were one group's, which overstates methods
+    whose peak comes from a vocabulary row block; time at 8B ≈ time here × (8.03 B / the parameters here)."""
+    qwen_layer = sum(s[0] * (s[1] if len(s) == 2 else 1) for s in layer_shapes(0).values())
+    llama_layer = 4096 * 4096 * 2 + 1024 * 4096 * 2 + 3 * 14336 * 4096
+    ratio = llama_layer / qwen_layer
+    print(f"\nextrapolation to an 8B model (LLaMA-3-8B: 32 layers of {llama_layer / 1e6:.0f} M parameters, "
+          f"{ratio:.1f}x a Qwen3-0.6B layer):")
+    print(f"  peak(8B) = {baseline_mib:.0f} MiB + (peak - {baseline_mib:.0f} MiB) x {ratio:.1f};  "
+          "time(8B) = time(here) x 8.03e9 / parameters(here)")
     for row in rows:
-        if row["path"] != "streamed" or row["layers"] != depth:
+        if row["path"] != "streamed":
             continue
-        peak = row["peak_mib"] * llama_group / qwen_group / 1024
-        hours = row["wall_s"] * 8.03e9 / params
-        print(f"  {row['method']:16s} K={row['experts']}: ~{peak:5.1f} GiB peak, ~{hours / 60:6.1f} min on this CPU")
+        params = sum(s[0] * (s[1] if len(s) == 2 else 1) for s in shapes(row["layers"]).values())
+        peak = (baseline_mib + (row["peak_mib"] - baseline_mib) * ratio) / 1024
+        minutes = row["wall_s"] * 8.03e9 / params / 60
+        print(f"  {row['method']:16s} K={row['experts']} from {row['layers']} layers: ~{peak:5.1f} GiB peak, "
+              f"~{minutes:6.1f} min on this CPU")
 
 
 def main() -> None:
