@@ -36,6 +36,8 @@ def test_every_parameter_of_causal_lms_and_classifiers_is_classified(kind):
         units = DEC.units(state)  # raises on an unclassified parameter
         buffers = {name for name, _ in model.named_buffers()}
         assert all(DEC.unit(b).kind == "excluded" for b in buffers), buffers
+        # a parameter is never excluded (GPT-2's c_attn.bias once matched the pattern of the mask buffer attn.bias)
+        assert not [k for k, _ in model.named_parameters() if units[k].kind == "excluded"]
         if num_labels is None:
             assert units["lm_head.weight"].kind == "linear"
         else:

@@ -47,7 +47,8 @@ def build(config: dict, num_labels: int | None = None):
 
 RULES = (
     Rule(r"^score\.", "head"),
-    Rule(r"(rotary_emb\.(inv_freq|original_inv_freq)|attn\.(bias|masked_bias))$", "excluded"),
+    # the causal-mask buffers of old GPT-2 checkpoints; `(^|\.)` keeps c_attn.bias (a real bias) out
+    Rule(r"(rotary_emb\.(inv_freq|original_inv_freq)|(^|\.)attn\.(bias|masked_bias))$", "excluded"),
     # LLaMA-style
     Rule(r"(^|\.)embed_tokens\.weight$", "embedding", site_is_key=True, output_site="lm_head.weight"),
     Rule(r"self_attn\.(q|k|v)_proj\.weight$", "linear", site="self_attn.q_proj.weight"),
