@@ -34,8 +34,10 @@ EXEMPLAR_ROWS = {"cat": 2 * 128, "lot": 64 * 128, "task_arithmetic": 0, "ties": 
 
 def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
     p = f"model.layers.{i}."
-    return {p + "self_attn.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN), p + "self_attn.k_proj.weight": (KV * HEAD_DIM, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV * HEAD_DIM, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
+    return {p + "self_attn.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV * HEAD_DIM, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV * HEAD_DIM, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
             p + "self_attn.q_norm.weight": (HEAD_DIM,), p + "self_attn.k_norm.weight": (HEAD_DIM,),
             p + "mlp.gate_proj.weight": (MLP, HIDDEN), p + "mlp.up_proj.weight": (MLP, HIDDEN),
             p + "mlp.down_proj.weight": (HIDDEN, MLP), p + "input_layernorm.weight": (HIDDEN,),
@@ -57,14 +59,15 @@ def write_inputs(root: Path, layers: int, experts: int) -> dict:
     from mergeflow.io import save_tensors
 
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"base": root / "base.safetensors", "experts": {f"t{k}": root / f"t{k}.safetensors" for k in range(experts)},
+    paths = {"base": root / "base.safetensors",
+             "experts": {f"t{k}": root / f"t{k}.safetensors" for k in range(experts)},
              "stats": {f"t{k}": root / f"t{k}.stats.safetensors" for k in range(experts)}}
     g = torch.Generator().manual_seed(0)
     base = None
     if not paths["base"].is_file():
         base = {k: (0.02 * torch.randn(s, generator=g)).to(torch.bfloat16) for k, s in shapes(layers).items()}
         save_tensors(paths["base"], base)
-    for k, path in paths["experts"].items():
+    for path in paths["experts"].values():
         if path.is_file():
             continue
         if base is None:

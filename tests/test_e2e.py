@@ -137,7 +137,8 @@ def _interrupted_repro(ws: Path, command: str, how: str, after_s: float, workers
     the stage had started (to check that none outlives it)."""
     import time
 
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro", *([target] if target else [])], cwd=ws, env=engine_env(ws), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", *([target] if target else [])], cwd=ws, env=engine_env(ws),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=as_in_a_terminal)
     dvc = psutil.Process(proc.pid)
     deadline = time.monotonic() + 600

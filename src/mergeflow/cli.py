@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     text = ("merge safetensors files a layer at a time (any size of model; no params file): "
             "--method M --base FILE --expert TASK=FILE ... --out FILE")
     p = sub.add_parser("merge-files", help=text, description=text)
-    p.add_argument("--method", required=True, help="a method whose rule is per unit (task_arithmetic, ties, lot, cat, ...)")
+    p.add_argument("--method", required=True,
+                   help="a method whose rule is per unit (task_arithmetic, ties, lot, cat, ...)")
     p.add_argument("--base", required=True, help="the pre-trained model's safetensors file")
     p.add_argument("--expert", required=True, action="append", metavar="TASK=FILE", help="one per expert")
     p.add_argument("--stats", action="append", default=[], metavar="TASK=FILE",

@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from mergeflow.errors import MergeflowError
+from mergeflow.families import Family, get_family
 from mergeflow.features.stats import TaskStats
 from mergeflow.io import _METADATA_KEY, atomic_path
-from mergeflow.families import Family, get_family
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")  # the numbered block a parameter belongs to
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -147,7 +147,8 @@ def _nbytes(info: tuple[str, list[int]]) -> int:
     return n * torch.empty(0, dtype=_DTYPES[dtype]).element_size()
 
 
-def _header(layout_order: list[str], info: dict[str, tuple[str, list[int]]], metadata: dict | None) -> tuple[bytes, dict]:
+def _header(layout_order: list[str], info: dict[str, tuple[str, list[int]]], metadata: dict | None
+            ) -> tuple[bytes, dict]:
     """The safetensors header for ``info`` (the order ``safetensors`` itself writes: found by saving one-element
     stand-ins, so it follows the installed version), with offsets from the real sizes."""
     from safetensors.torch import save
@@ -179,7 +180,8 @@ def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family =
     spec = get_method(name)
     if not spec.per_unit:
         per_unit = ", ".join(sorted(n for n, s in _methods().items() if s.per_unit))
-        raise MergeflowError(f"{name}: its rule is not per unit, so it cannot be streamed; methods that can: {per_unit}")
+        raise MergeflowError(f"{name}: its rule is not per unit, so it cannot be streamed; methods that can: "
+                             f"{per_unit}")
     family = get_family(family)
     pre = _Reader(base, "base")
     readers = {t: _Reader(p, f"expert {t!r}") for t, p in experts.items()}

@@ -98,7 +98,8 @@ def ties_globals(parts, *, density: float, **_) -> dict:
     for pre, experts in parts():
         keys = floating(pre)
         if keys:
-            signs += elected_signs(trim_with(stacked_task_vectors(pre, experts, keys), thresholds)).sum(dtype=torch.float64)
+            trimmed = trim_with(stacked_task_vectors(pre, experts, keys), thresholds)
+            signs += elected_signs(trimmed).sum(dtype=torch.float64)
     return {"thresholds": thresholds, "tie_sign": float(torch.sign(signs))}
 
 
