@@ -12,7 +12,8 @@ import yaml
 from conftest import perturbed
 from mergeflow import config
 from mergeflow.errors import MergeflowError
-from mergeflow.families.hf_encoder import _transformers, read_folder
+from mergeflow.families.hf_encoder import _transformers
+from mergeflow.families.hf_folder import read_folder
 from mergeflow.io import load_tensors, read_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -392,15 +392,17 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
         # a Hugging Face folder; with data.download the base stage downloads it, so it is not an input
         base_deps = [] if data["download"] else [pretrained]
     imported = [p.as_posix() for p in imported_folders(cfg).values()]
+    # what a task is scored by moves the experts' validation scores, every scale choice and the report
+    metric = ["data.metrics"] if data.get("metrics") else []
     stages["text-base"] = _stage(d["base"], "mergeflow base", base_deps,
                                  ["seed", "model", "pretrain", "data.max_length"], code["base"], outs=[base])
     stages["text-prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
                                     ["data.tasks", "data.val_fraction", "data.max_val", "data.split_seed",
-                                     "data.generate", "data.max_length"], code["prepare"], outs=[prepared])
+                                     "data.generate", "data.max_length", *metric], code["prepare"], outs=[prepared])
     stages["text-finetune"] = _stage(d["finetune"] if not imported else "every task's published classifier "
                                      "(model.import), checked against the base and scored on validation",
                                      "mergeflow finetune", [base, prepared, *imported],
-                                     ["data.tasks", "finetune", "evaluate.batch_size",
+                                     ["data.tasks", "finetune", "evaluate.batch_size", *metric,
                                       *(["model.import"] if imported else [])], code["finetune"], outs=[experts])
     stages["text-exemplars"] = _stage(d["exemplars"], "mergeflow exemplars", [prepared], ["exemplars"],
                                       code["exemplars"], outs=[L.exemplars_dir.as_posix()])
@@ -436,7 +438,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
 
     stages["text-reference"] = _stage(
         d["reference"], "mergeflow evaluate --model individual zeroshot", [base, experts, prepared],
-        ["evaluate.batch_size"], code["reference"],
+        ["evaluate.batch_size", *metric], code["reference"],
         outs=[{L.evaluation(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")],
         metrics=[{L.metrics(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")])
     run_deps = [base, experts, prepared, L.metrics("individual").as_posix()]
@@ -450,7 +452,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
         spec = METHODS[method]
         stages[f"text-merge-{method}"] = _stage(
             f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method '{method}' --evaluate",
-            [*run_deps, *stats_deps(method)], [f"merge.{method}", "evaluate"], merge_code[method],
+            [*run_deps, *stats_deps(method)], [f"merge.{method}", "evaluate", *metric], merge_code[method],
             **report_files(method))
     for method, sweeps in cfg.raw["sweeps"].items():
         for param in sweeps:
@@ -458,12 +460,12 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
             params = [f"merge.{method}.{k}" for k in cfg.block(method) if k != param]
             stages[f"text-sweep_{method}_{param}"] = _stage(
                 None, f"mergeflow merge --method '{run}' --evaluate", [*run_deps, *stats_deps(method, param)],
-                [*params, "evaluate"], merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"},
+                [*params, "evaluate", *metric], merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"},
                 **report_files(run))
     reports = L.reports.as_posix()
     stages["text-report"] = _stage(d["report"], "mergeflow report",
                                    [f"{reports}/metrics", f"{reports}/merge", f"{reports}/evaluation", experts],
-                                   ["merge", "sweeps"], code["report"],
+                                   ["merge", "sweeps", *metric], code["report"],
                                    outs=[{f"{reports}/report.html": {"cache": False}},
                                          {f"{reports}/results.csv": {"cache": False}}])
     return stages

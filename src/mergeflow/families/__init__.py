@@ -25,7 +25,7 @@ from torch import nn
 from mergeflow.errors import MergeflowError
 from mergeflow.families.units import KINDS, Unit
 
-__all__ = ["FAMILIES", "KINDS", "Family", "Rule", "Unit", "get_family", "register_family"]
+__all__ = ["FAMILIES", "KINDS", "Family", "Rule", "Unit", "family_for_model_type", "get_family", "register_family"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class Family:
             hooks that record every site's statistic (Grams, normalised-input energies, row counts).
         build: ``build(config) -> nn.Module`` from the family's configuration (a name or a dict).
         load: ``load(folder) -> nn.Module`` from a saved folder (no network).
+        model_types: the ``model_type`` values of Hugging Face configs the family covers.
+        check_config: ``check_config(config, shapes, source)``: refuses a config whose sizes differ from the
+            weights' (``shapes``: name to shape), in one line naming ``source``.
     """
 
     name: str
@@ -87,6 +90,8 @@ class Family:
     statistics: Callable[..., object] | None = field(default=None, compare=False)
     build: Callable[..., nn.Module] | None = field(default=None, compare=False)
     load: Callable[..., nn.Module] | None = field(default=None, compare=False)
+    model_types: tuple[str, ...] = ()
+    check_config: Callable[[dict, dict, str], None] | None = field(default=None, compare=False)
 
     def unit(self, key: str) -> Unit:
         """The unit of parameter ``key``; a :class:`MergeflowError` naming it when no rule does."""
@@ -133,6 +138,17 @@ def get_family(name: str | Family) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise MergeflowError(f"model.family: unknown family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def family_for_model_type(model_type: str | None, source: str) -> Family:
+    """The adapter whose Hugging Face models have ``model_type`` (a ``config.json``'s); ``source`` names the
+    file in the error when no family covers it."""
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise MergeflowError(f"{source}: model_type {model_type!r} is not one mergeflow has an adapter for; known: "
+                         f"{', '.join(known)}")
 
 
 from mergeflow.families import hf_decoder, hf_encoder, open_clip_vit  # noqa: E402,F401  (each import registers its family)

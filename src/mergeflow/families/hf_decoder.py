@@ -17,6 +17,9 @@ algorithms.md §9); its hook still records the projection's input Gram under ``l
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from mergeflow import _torchvision_compat  # noqa: F401  (must precede transformers, which imports torchvision)
 from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, Rule, register_family
@@ -45,6 +48,37 @@ def build(config: dict, num_labels: int | None = None):
     return tf.AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
+def load(folder: str | Path, num_labels: int | None = None):
+    """The causal LM (or, with ``num_labels``, sequence classifier) saved in ``folder``
+    (:func:`mergeflow.families.hf_folder.load`)."""
+    from mergeflow.families.hf_folder import load as load_folder
+
+    return load_folder(folder, num_labels)
+
+
+# the config keys that size a model, and the tensor (by name suffix) and dimension that show each, per layout
+_GPT2_SIZES = {"vocab_size": ("wte.weight", 0), "n_embd": ("wte.weight", 1), "n_positions": ("wpe.weight", 0)}
+_LLAMA_SIZES = {"vocab_size": ("embed_tokens.weight", 0), "hidden_size": ("embed_tokens.weight", 1),
+                "intermediate_size": ("layers.0.mlp.gate_proj.weight", 0)}
+
+
+def check_config(config: dict, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """The sizes ``config`` would allocate must be the weights': vocabulary, width, depth, MLP or positions."""
+    if not isinstance(config, dict):
+        raise MergeflowError(f"{source}: not a JSON object")
+    gpt2 = config.get("model_type") == "gpt2"
+    sizes, depth_key, block = ((_GPT2_SIZES, "n_layer", r"(?:^|\.)h\.(\d+)\.") if gpt2 else
+                               (_LLAMA_SIZES, "num_hidden_layers", r"(?:^|\.)layers\.(\d+)\."))
+    for key, (suffix, dim) in sizes.items():
+        shape = next((s for k, s in shapes.items() if k == suffix or k.endswith("." + suffix)), None)
+        if shape is not None and config.get(key) != shape[dim]:
+            raise MergeflowError(f"{source}: {key} is {config.get(key)!r} but the weights have {shape[dim]}")
+    layers = {int(m.group(1)) for k in shapes for m in [re.search(block, k)] if m}
+    if layers and config.get(depth_key) != max(layers) + 1:
+        raise MergeflowError(f"{source}: {depth_key} is {config.get(depth_key)!r} but the weights have "
+                             f"{max(layers) + 1} layers")
+
+
 RULES = (
     Rule(r"^score\.", "head"),
     # the causal-mask buffers of old GPT-2 checkpoints; `(^|\.)` keeps c_attn.bias (a real bias) out
@@ -69,4 +103,5 @@ RULES = (
 
 HF_DECODER = register_family(Family(
     "hf-decoder", "Hugging Face transformers decoder LMs: LLaMA, Mistral, Qwen2, Qwen3 (RMSNorm, GQA, gated MLP) "
-    "and GPT-2 (Conv1D, input-major)", RULES, statistics=_statistics, build=build))
+    "and GPT-2 (Conv1D, input-major)", RULES, statistics=_statistics, build=build, load=load, model_types=MODEL_TYPES,
+    check_config=check_config))

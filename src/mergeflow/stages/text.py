@@ -25,8 +25,8 @@ from mergeflow import paths
 from mergeflow.config import Config, Variant
 from mergeflow.device import resolve
 from mergeflow.errors import MergeflowError
-from mergeflow.families import get_family
-from mergeflow.families.hf_encoder import read_folder
+from mergeflow.families import Family, get_family
+from mergeflow.families.hf_folder import family_of, read_folder
 from mergeflow.features.exemplars import sample_exemplars
 from mergeflow.features.stats import TaskStats
 from mergeflow.features.tokens import token_fisher, token_gradient
@@ -47,19 +47,22 @@ from mergeflow.text import language, offline
 from mergeflow.text.models import TEXT_ARCHS, imported_folders, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
 from mergeflow.text.task_data import TokenTaskData, token_task_data
-from mergeflow.text.tasks import get_text_task
+from mergeflow.text.tasks import get_text_task, task_metric
 from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
 from mergeflow.text.train import predict, pretrain_mlm
 from mergeflow.workers import cpu_cores, run_jobs, threads_per_job
 from mergeflow.workspace import is_path_like
 
-FAMILY = "hf-encoder"
 L = paths.TEXT
+# what masked-LM pre-training builds (the offline bases are RoBERTa-shaped encoders)
+PRETRAIN_FAMILY = "hf-encoder"
 
 
-def _hf():
-    return get_family(FAMILY)
+def _hf() -> Family:
+    """The base's family adapter (hf-encoder for BERT/RoBERTa, hf-decoder for GPT-2 and LLaMA-style
+    classifiers), from its ``config.json``'s ``model_type``."""
+    return family_of(_config(), str(L.base / "config.json"))
 
 
 def _generate_options(cfg: Config) -> dict:
@@ -128,7 +131,7 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
                        stop_after=steps, log_every=1)
     prefix = mlm.base_model_prefix + "."
     body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in mlm.state_dict().items()
-            if k.startswith(prefix) and _hf().unit(k).kind != "excluded"}
+            if k.startswith(prefix) and get_family(PRETRAIN_FAMILY).unit(k).kind != "excluded"}
     digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs)]).encode()).hexdigest()
     record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus), "pairs": len(pairs),
               "seed": int(p["corpus_seed"]), "sha256": digest}, "max_length": int(cfg.raw["data"]["max_length"]),
@@ -154,7 +157,7 @@ def pretrain(cfg: Config, tag: str, out_dir: Path | None = None, steps: int | No
 def base(cfg: Config) -> Path:
     """``models/text/base/``: ``model.safetensors`` (the encoder body), ``config.json``, ``tokenizer.json``
     and ``log.json``, pre-trained here, shipped, packaged or read from a Hugging Face folder."""
-    from mergeflow.families.hf_encoder import _shapes, check_config
+    from mergeflow.families.hf_folder import shapes
     from mergeflow.models.packaged import extract, get_packaged
 
     arch, pretrained = cfg.raw["model"]["arch"], cfg.raw["model"]["pretrained"]
@@ -192,7 +195,9 @@ def base(cfg: Config) -> Path:
             shutil.copyfile(source["tokenizer"], tmp / "tokenizer.json")
             log = {"arch": arch, "pretrained": pretrained, "checkpoint": str(source["weights"]),
                    "checkpoint_sha256": hash_file(source["weights"])}
-        check_config(config, _shapes(tmp / "model.safetensors"), str(tmp / "config.json"))
+        config = with_padding(config)
+        family_of(config, str(tmp / "config.json")).check_config(config, shapes(tmp / "model.safetensors"),
+                                                                 str(tmp / "config.json"))
         check_matches(load_tokenizer(tmp / "tokenizer.json"), int(config["vocab_size"]), str(tmp / "tokenizer.json"))
         write_json(tmp / "config.json", config)
         write_json(tmp / "log.json", {**log, "weights_sha256": hash_file(tmp / "model.safetensors"),
@@ -230,9 +235,19 @@ def _config() -> dict:
     return read_json(L.base / "config.json")
 
 
+def with_padding(config: dict) -> dict:
+    """A decoder's config with a padding id: GPT-2 and LLaMA-style checkpoints often have none, and a sequence
+    classifier reads each sequence's last token before the padding. The end-of-text token pads, as FusionBench's
+    GPT-2 GLUE experts were trained (their ``pad_token_id`` is GPT-2's ``eos_token_id``, 50256)."""
+    if config.get("pad_token_id") is not None or config.get("eos_token_id") is None:
+        return config
+    eos = config["eos_token_id"]
+    return {**config, "pad_token_id": eos[0] if isinstance(eos, list) else eos}
+
+
 def _classifier(task: str):
     """A sequence classifier for ``task`` holding the base's body (its head newly initialised)."""
-    from mergeflow.families.hf_encoder import load
+    from mergeflow.families.hf_folder import load
 
     return load(L.base, num_labels=get_text_task(task).num_outputs)
 
@@ -248,7 +263,8 @@ def prepare(cfg: Config, task: str) -> Path:
     try:
         sizes = prepare_text_task(task, _raw_folder(cfg, task), tmp, L.tokenizer(), max_length=int(d["max_length"]),
                                   val_fraction=d["val_fraction"], max_val=d["max_val"], seed=d["split_seed"],
-                                  options=_generate_options(cfg))
+                                  options=_generate_options(cfg), pad_id=_config().get("pad_token_id"),
+                                  metric=task_metric(cfg.raw, task))
         write_json(tmp / "manifest.json", {"task": task, "sizes": sizes,
                                            "tokenizer_sha256": hash_file(L.tokenizer())})
         replace_dir(tmp, target)
@@ -276,10 +292,11 @@ def _inputs(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in arrays.items() if k != "labels"}
 
 
-def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, device) -> float:
-    """``task``'s GLUE headline (percent) of ``model`` on a prepared split."""
+def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, device, metric: str | None = None
+          ) -> float:
+    """``task``'s headline (percent; ``metric``, else its GLUE metric) of ``model`` on a prepared split."""
     return get_text_task(task).score(predict(model, _inputs(arrays), batch_size=batch_size, device=device),
-                                     arrays["labels"])["score"]
+                                     arrays["labels"], metric)["score"]
 
 
 def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
@@ -292,7 +309,7 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
         raise MergeflowError(str(exc).replace(f"expert {task!r}:", f"expert {task!r} ({folder}):", 1)) from None
     model = _classifier(task)
     model.load_state_dict({**model.state_dict(), **state})
-    val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
+    val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
     files = _folder_hashes(folder)
     save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
@@ -331,7 +348,7 @@ def finetune(cfg: Config, task: str) -> Path:
                            batch_size=int(f["batch_size"]), lr=float(f["lr"]), weight_decay=float(f["weight_decay"]),
                            warmup_steps=warmup, seed=int(f["seed"]), grad_clip=float(f["grad_clip"]), device=device)
     model = model.cpu().eval()
-    val = score(model, task, _split(task, "val"), cfg.evaluate.batch_size, "cpu")
+    val = score(model, task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
     save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
     write_json(L.expert_log(task), {"task": task, "val_score": val, "loss": log,
@@ -454,13 +471,14 @@ class _Scorer:
         self.models = {t: _classifier(t) for t in tasks}
         self.heads = {t: _hf().heads(load_expert(t)) for t in tasks}
         self.data = {t: _split(t, split) for t in tasks}
+        self.metrics = {t: task_metric(cfg.raw, t) for t in tasks}
         self.batch_size = int(cfg.evaluate.batch_size)
         self.device = resolve(cfg.device)
 
     def __call__(self, body: dict[str, torch.Tensor], task: str) -> float:
         model = self.models[task]
         model.load_state_dict({**model.state_dict(), **body, **self.heads[task]})
-        return score(model, task, self.data[task], self.batch_size, self.device)
+        return score(model, task, self.data[task], self.batch_size, self.device, self.metrics[task])
 
 
 def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None, experts: dict) -> TokenTaskData:
@@ -506,7 +524,7 @@ def merge(cfg: Config, run_name: str) -> Path:
     def once(params, stats):
         diagnostics: dict = {}
         start = time.time()
-        merged = do_merge(run.method, pre, experts, stats=stats, diagnostics=diagnostics, data=data, family=FAMILY,
+        merged = do_merge(run.method, pre, experts, stats=stats, diagnostics=diagnostics, data=data, family=_hf(),
                           **params)
         if data is not None and data.not_applicable:
             diagnostics["not_applicable"] = data.not_applicable
@@ -590,7 +608,7 @@ def evaluate(cfg: Config, model_name: str) -> Path:
         if report is not None and isinstance(report["scale"]["value"], (int, float)):
             numbers["scale"] = report["scale"]["value"]
     numbers["score"] = scores
-    numbers["metric"] = {t: get_text_task(t).metric for t in cfg.tasks}
+    numbers["metric"] = {t: task_metric(cfg.raw, t) for t in cfg.tasks}
     record = {"model": model_name, "suite": "text", "inputs": inputs,
               "count": {t: int(len(test.data[t]["labels"])) for t in cfg.tasks}}
     if model_name == "individual":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import METHODS
 from mergeflow.text.models import check_text_model
-from mergeflow.text.tasks import TEXT_TASKS
+from mergeflow.text.tasks import CLASS_METRICS, SCORE_METRICS, TEXT_TASKS
 
 # statistics the text suite records (features.tokens): token Grams and energies, the body's Fisher and mean
 # absolute gradients
@@ -36,6 +36,14 @@ def check(cfg) -> None:
         if task not in TEXT_TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown text task {task!r}; known: "
                                  f"{', '.join(sorted(TEXT_TASKS))}")
+    for task, metric in (raw["data"].get("metrics") or {}).items():
+        if task not in cfg.tasks:
+            raise MergeflowError(f"{src}: data.metrics: {task!r} is not in data.tasks")
+        fits = SCORE_METRICS if TEXT_TASKS[task].labels is None else CLASS_METRICS
+        if metric not in fits:
+            raise MergeflowError(f"{src}: data.metrics.{task} = {metric!r}: {task} is "
+                                 f"{'a regression' if TEXT_TASKS[task].labels is None else 'a classification'} task, "
+                                 f"scored by {' or '.join(fits)}")
     if "max_length" not in raw["data"]:
         raise MergeflowError(f"{src}: data.max_length is required for the text suite (tokens per sequence)")
     check_text_model(raw["model"]["arch"], raw["model"]["pretrained"], int(raw["data"]["max_length"]), src)

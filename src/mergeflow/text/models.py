@@ -47,7 +47,7 @@ def check_text_model(arch: str, pretrained: str | None, max_length: int, source:
         config = Path(pretrained) / "config.json"
         if config.is_file() and config.stat().st_size < (1 << 20):
             values = json.loads(config.read_text())
-            positions = values.get("max_position_embeddings")
+            positions = values.get("max_position_embeddings", values.get("n_positions"))  # GPT-2: n_positions
             # RoBERTa's positions start after the padding index
             offset = 2 if values.get("model_type") == "roberta" else 0
             if isinstance(positions, int) and max_length > positions - offset:

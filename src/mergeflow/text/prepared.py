@@ -24,9 +24,11 @@ SPLITS = ("train", "val", "test")
 
 def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_file: Path, *, max_length: int,
                       val_fraction: float = 0.1, max_val: int = 5000, seed: int = 0,
-                      options: dict | None = None) -> dict[str, int]:
-    """Tokenise task ``name``'s train and test splits into ``out_dir/{train,val,test}.safetensors``.
-    Returns the size of each split."""
+                      options: dict | None = None, pad_id: int | None = None,
+                      metric: str | None = None) -> dict[str, int]:
+    """Tokenise task ``name``'s train and test splits into ``out_dir/{train,val,test}.safetensors``
+    (``pad_id``: the model's padding id where the tokenizer has none; ``metric``: the one the run scores the
+    task by, recorded). Returns the size of each split."""
     task = get_text_task(name)
     tokenizer = load_tokenizer(tokenizer_file)
     digest = hash_file(tokenizer_file)
@@ -35,7 +37,7 @@ def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_
         data = task.read(None if raw_dir is None else Path(raw_dir), source, options or {})
         if task.labels is not None and len(data) and int(data.labels.max()) >= len(task.labels):
             raise MergeflowError(f"{name}: label {int(data.labels.max())} outside 0..{len(task.labels) - 1}")
-        arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length)
+        arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length, pad_id)
         arrays["labels"] = data.labels
         if source == "test":
             parts = {"test": np.arange(len(data))}
@@ -44,7 +46,7 @@ def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_
         for split, index in parts.items():
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v[index])) for k, v in arrays.items()}
             meta = {"task": name, "split": split, "tokenizer_sha256": digest, "max_length": str(max_length),
-                    "metric": task.metric}
+                    "metric": metric or task.metric}
             save_tensors(Path(out_dir) / f"{split}.safetensors", tensors, meta)
             sizes[split] = len(index)
     return sizes

@@ -13,14 +13,14 @@ from mergeflow.config import Config
 from mergeflow.errors import MergeflowError
 from mergeflow.io import atomic_path, read_json
 from mergeflow.merge import METHODS
-from mergeflow.text.tasks import get_text_task
+from mergeflow.text.tasks import task_metric
 
 L = paths.TEXT
 # LOT Merging's Table 15 (RoBERTa, 8 GLUE tasks, average): the order the paper reports
 PAPER_ORDER = [("lot", 63.13), ("cat", 62.56), ("pcb", 59.59), ("task_arithmetic", 58.34), ("ties", 47.42)]
 # LOT Merging's Table 15 (RoBERTa-base on GLUE's validation splits; CoLA Matthews, STS-B the Pearson/Spearman mean),
 # per task; shown beside ours when a run's tasks are GLUE's (their checkpoints are not published with the paper)
-PAPER_GLUE = {
+_LOT_TABLE_15 = {
     "task_arithmetic": {"cola": 6.68, "mnli": 66.23, "mrpc": 78.46, "qnli": 78.62, "qqp": 72.69, "rte": 53.43,
                         "sst2": 83.49, "stsb": 27.10},
     "ties": {"cola": 9.46, "mnli": 59.34, "mrpc": 74.71, "qnli": 65.93, "qqp": 41.29, "rte": 47.29, "sst2": 72.13,
@@ -32,6 +32,38 @@ PAPER_GLUE = {
     "lot": {"cola": 17.13, "mnli": 73.04, "mrpc": 78.27, "qnli": 77.22, "qqp": 78.81, "rte": 65.35, "sst2": 89.74,
             "stsb": 25.50},
 }
+# FusionBench's GPT-2 GLUE table (docs/modelpool/gpt2_classification.md: its published experts tanganke/gpt2_<task>,
+# GLUE's validation splits, every task by accuracy); zeroshot is the 0.0 row of its task-arithmetic scale sweep
+_FUSIONBENCH_GPT2 = {
+    "individual": {"cola": 76.8, "mnli": 82.1, "mrpc": 80.4, "qnli": 88.3, "qqp": 89.6, "rte": 65.3, "sst2": 91.2},
+    "zeroshot": {"cola": 30.9, "mnli": 33.0, "mrpc": 31.4, "qnli": 49.2, "qqp": 63.2, "rte": 52.7, "sst2": 50.9},
+    "weight_averaging": {"cola": 55.0, "mnli": 55.1, "mrpc": 51.0, "qnli": 57.6, "qqp": 76.7, "rte": 44.8,
+                         "sst2": 52.5},
+    "fisher": {"cola": 54.8, "mnli": 58.0, "mrpc": 39.5, "qnli": 63.3, "qqp": 81.5, "rte": 49.1, "sst2": 64.7},
+    "regmean": {"cola": 61.7, "mnli": 70.4, "mrpc": 65.4, "qnli": 69.7, "qqp": 78.8, "rte": 56.0, "sst2": 79.7},
+    "task_arithmetic": {"cola": 68.7, "mnli": 68.6, "mrpc": 69.6, "qnli": 70.5, "qqp": 81.8, "rte": 47.3,
+                        "sst2": 83.6},
+    "ties": {"cola": 68.4, "mnli": 71.4, "mrpc": 68.4, "qnli": 69.6, "qqp": 82.4, "rte": 47.7, "sst2": 81.8},
+}
+# the published table shown beside a run: the first whose base (model.arch, a Hub id) is the run's; LOT's for any
+# other base on GLUE tasks
+PAPER_TABLES = (
+    {"title": "FusionBench's GPT-2 GLUE table", "archs": ("gpt2", "openai-community/gpt2"), "rows": _FUSIONBENCH_GPT2,
+     "note": "Their published experts (tanganke/gpt2_&lt;task&gt;) are the ones model.import reads, so the rows "
+             "compare the same checkpoints: a gap is the merge, the scale choice (theirs fixed, ours on "
+             "validation) or the sequence length."},
+    {"title": "LOT Merging's Table 15 (RoBERTa-base, GLUE)", "archs": None, "rows": _LOT_TABLE_15,
+     "note": "Their experts are not published with the paper, so the rows compare protocols, not checkpoints: a "
+             "gap can be the experts as much as the method."},
+)
+
+
+def paper_table(cfg: Config) -> dict:
+    """The published table a run is shown beside (:data:`PAPER_TABLES`)."""
+    arch = cfg.raw["model"]["arch"]
+    return next(t for t in PAPER_TABLES if t["archs"] is None or arch in t["archs"])
+
+
 # the papers' regime (issue 29): what makes merging on this suite comparable to theirs
 REGIME = {"experts_min": 85.0, "ratio_max": 0.05, "ta_gain_min": 10.0, "gap_min": 5.0}
 
@@ -111,14 +143,15 @@ def _csv(cfg: Config, table: list[dict]) -> str:
 
 
 def paper_rows(cfg: Config, table: list[dict]) -> list[dict]:
-    """LOT's Table 15 row and ours for each of its methods that ran, on the GLUE tasks both have (none when
-    the run's tasks are not GLUE's)."""
+    """The published table's row and ours for each of its models that ran (:func:`paper_table`), on the GLUE
+    tasks both have (none when the run's tasks are not GLUE's)."""
     ours = {r["model"]: r for r in table}
-    shared = [t for t in cfg.tasks if t in PAPER_GLUE["lot"]]
+    published = paper_table(cfg)["rows"]
+    shared = [t for t in cfg.tasks if all(t in row for row in published.values())]
     if not shared:
         return []
     out = []
-    for method, theirs in PAPER_GLUE.items():
+    for method, theirs in published.items():
         if method in ours:
             out.append({"model": method, "tasks": shared, "paper": [theirs[t] for t in shared],
                         "ours": [ours[method][t] for t in shared],
@@ -127,23 +160,23 @@ def paper_rows(cfg: Config, table: list[dict]) -> list[dict]:
     return out
 
 
-def _paper_html(rows: list[dict]) -> str:
+def _paper_html(cfg: Config, rows: list[dict]) -> str:
     if not rows:
         return ""
     e = html.escape
+    published = paper_table(cfg)
     head = "".join(f"<th>{e(t)}</th>" for t in rows[0]["tasks"])
     body = "".join(f"<tr><td>{e(r['model'])} ({who})</td>" + "".join(f"<td>{v:.1f}</td>" for v in values)
                    + f"<td>{mean:.1f}</td></tr>"
                    for r in rows for who, values, mean in (("paper", r["paper"], r["paper_mean"]),
                                                            ("ours", r["ours"], r["ours_mean"])))
-    return ("<h2>Beside LOT Merging's Table 15 (RoBERTa-base, GLUE)</h2><p>Their experts are not published with "
-            "the paper, so the rows compare protocols, not checkpoints: a gap can be the experts as much as the "
-            f"method.</p><table><tr><th>method</th>{head}<th>mean</th></tr>{body}</table>")
+    return (f"<h2>Beside {e(published['title'])}</h2><p>{published['note']}</p>"
+            f"<table><tr><th>method</th>{head}<th>mean</th></tr>{body}</table>")
 
 
 def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict], skipped: list[dict]) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(t)}<br><small>{e(get_text_task(t).metric)}</small></th>" for t in cfg.tasks)
+    head = "".join(f"<th>{e(t)}<br><small>{e(task_metric(cfg.raw, t))}</small></th>" for t in cfg.tasks)
     body = "".join("<tr><td>" + e(r["model"]) + "</td>" + "".join(f"<td>{r[t]:.1f}</td>" for t in cfg.tasks)
                    + f"<td>{r['average']:.1f}</td><td>{r['normalized']:.1f}</td>"
                    + f"<td>{'' if r['scale'] is None else e(str(r['scale']))}</td></tr>" for r in table)
@@ -157,13 +190,13 @@ def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}td:first-child{text-align:left}</style></head><body>"
             f"<h1>Text suite: {e(cfg.raw['name'])}</h1><p>Base {e(str(cfg.raw['model']['arch']))} "
-            f"({e(str(cfg.raw['model']['pretrained']))}); each task scored by its GLUE metric on its test split with "
-            "its own expert's head; <i>zeroshot</i> is the pre-trained body with the experts' heads; normalised = "
-            "mean over tasks of merged / expert.</p>"
+            f"({e(str(cfg.raw['model']['pretrained']))}); each task scored by the metric under its name on its "
+            "test split with its own expert's head; <i>zeroshot</i> is the pre-trained body with the experts' heads; "
+            "normalised = mean over tasks of merged / expert.</p>"
             f"<table><tr><th>model</th>{head}<th>mean</th><th>normalised</th><th>scale</th></tr>{body}</table>"
             f"<h2>The papers' regime</h2><ul>{checks_html}</ul>"
             f"<h2>LOT Table 15's order (RoBERTa on GLUE)</h2><ul>{claims_html}</ul>"
-            f"{_paper_html(paper_rows(cfg, table))}{skipped_html}</body></html>")
+            f"{_paper_html(cfg, paper_rows(cfg, table))}{skipped_html}</body></html>")
 
 
 def build_text_report(cfg: Config) -> Path:

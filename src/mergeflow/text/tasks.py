@@ -40,8 +40,9 @@ class TextTask:
     def num_outputs(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 
-    def score(self, predictions, references) -> dict[str, float]:
-        return get_metric(self.metric)(predictions, references)
+    def score(self, predictions, references, metric: str | None = None) -> dict[str, float]:
+        """The figures of ``metric`` (the task's own when None) in percent, ``score`` the headline."""
+        return get_metric(metric or self.metric)(predictions, references)
 
 
 TEXT_TASKS: dict[str, TextTask] = {}
@@ -60,6 +61,17 @@ def get_text_task(name: str) -> TextTask:
         return TEXT_TASKS[name]
     except KeyError:
         raise MergeflowError(f"unknown text task {name!r}; known: {', '.join(sorted(TEXT_TASKS))}") from None
+
+
+def task_metric(raw: dict, name: str) -> str:
+    """The metric task ``name`` is scored by in a run (``raw``: its configuration): ``data.metrics``' choice where
+    it names the task (FusionBench's GPT-2 table scores every GLUE task by accuracy), else the task's own."""
+    return (raw["data"].get("metrics") or {}).get(name, get_text_task(name).metric)
+
+
+# metrics that score class ids, and those that score a regression's values
+CLASS_METRICS = ("accuracy", "f1_accuracy", "matthews")
+SCORE_METRICS = ("pearson_spearman",)
 
 
 def _offline_reader(name: str):

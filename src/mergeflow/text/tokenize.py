@@ -52,7 +52,11 @@ def _special_id(tokenizer, names: tuple[str, ...], what: str) -> int:
     raise MergeflowError(f"tokenizer: no {what} token ({' or '.join(names)})")
 
 
-def pad_id(tokenizer) -> int:
+def pad_id(tokenizer, fallback: int | None = None) -> int:
+    """The tokenizer's padding token, else ``fallback`` (the model's ``pad_token_id``: GPT-2's tokenizer has no
+    padding token and pads with end-of-text)."""
+    if fallback is not None and not any(tokenizer.token_to_id(t) is not None for t in ("<pad>", "[PAD]")):
+        return int(fallback)
     return _special_id(tokenizer, ("<pad>", "[PAD]"), "padding")
 
 
@@ -68,12 +72,14 @@ def check_matches(tokenizer, vocab_size: int, source: str) -> None:
                              f"{vocab_size} rows; they do not belong together")
 
 
-def encode(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str | None] | None, max_length: int
-           ) -> dict[str, np.ndarray]:
-    """``input_ids`` (int32) and ``attention_mask`` (uint8), ``(N, max_length)``: padded, pairs truncated
-    longest-first. ``token_type_ids`` when the tokenizer's template sets them (BERT's)."""
+def encode(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str | None] | None, max_length: int,
+           pad: int | None = None) -> dict[str, np.ndarray]:
+    """``input_ids`` (int32) and ``attention_mask`` (uint8), ``(N, max_length)``: padded on the right (with
+    ``pad`` where the tokenizer has no padding token), pairs truncated longest-first (a tokenizer without a pair
+    template, GPT-2's, joins the two token lists). ``token_type_ids`` when the template sets them (BERT's)."""
     tok = tokenizer
-    tok.enable_padding(pad_id=pad_id(tok), pad_token=tok.id_to_token(pad_id(tok)), length=max_length)
+    padding = pad_id(tok, pad)
+    tok.enable_padding(pad_id=padding, pad_token=tok.id_to_token(padding), length=max_length)
     tok.enable_truncation(max_length=max_length, strategy="longest_first")
     if texts_b is not None and any(b is not None for b in texts_b):
         if any(b is None for b in texts_b):
