@@ -62,3 +62,23 @@ def test_steps_zero_and_a_huge_penalty_are_task_arithmetic(micro_state):
     per_tensor = merge("awd", micro_state, experts, alpha=0.3, steps=5, scope="tensor", base="ties",
                        keep_redundant=True)
     assert set(per_tensor) == set(micro_state)
+
+
+def test_the_coefficient_steps_equal_gradient_descent_on_the_model_sized_vector():
+    """δ carried as K coefficients of the task vectors = plain gradient descent on L(δ) over all N entries, with
+    autograd's gradient (small steps: the cosines stay away from 0, where |c| has its kink and round-off is
+    amplified)."""
+    tau = 0.01 * _tau(k=4, n=80, seed=3)
+    off = ~torch.eye(4, dtype=torch.bool)
+    for init in ("zero", "mean"):
+        delta = tau.mean(0).clone() if init == "mean" else torch.zeros(80, dtype=torch.float64)
+        for _ in range(25):
+            d = delta.clone().requires_grad_()
+            v = tau - d
+            c = (v @ v.t()) / (v.norm(dim=1)[:, None] * v.norm(dim=1)[None, :])
+            penalty = d.norm() if float(d.detach().norm()) > 0 else d.sum() * 0  # ‖δ‖ has no gradient at 0
+            loss = c.abs()[off].sum() / 12 + 0.1 * penalty
+            loss.backward()
+            delta = delta - 1e-3 * d.grad
+        fast = redundant_vector(tau, reg=0.1, lr=1e-3, steps=25, init=init)
+        assert torch.allclose(fast, delta, rtol=0, atol=1e-12 * float(delta.abs().max())), init

@@ -54,3 +54,33 @@ def test_the_trim_keeps_the_density_of_each_task_vector(micro_state):
     assert abs(changed / total - 0.3) < 0.01
     full = merge("doge_ta", micro_state, experts, steps=3)  # the defaults run
     assert all(torch.isfinite(v).all() for v in full.values())
+
+
+def _reference_unit(ws, eta, subspace, steps, lr, inner):
+    """algorithms.md §7.4 as written: full SVDs for the shared basis, the loss differentiated by autograd, torch's
+    default Adam."""
+    lam = [eta / float(w.norm()) for w in ws]
+    total, s = sum(lam), sum(w * x for w, x in zip(ws, lam, strict=True))
+    r, per = min(ws[0].shape), min(ws[0].shape) // len(ws)
+    m = torch.zeros(ws[0].shape[0], r, dtype=ws[0].dtype)
+    for i, w in enumerate(ws):
+        m[:, i * per:(i + 1) * per] = torch.linalg.svd(w, full_matrices=False)[0][:, :per]
+    q = torch.linalg.svd(m, full_matrices=False)[0][:, :r // subspace]
+    delta = torch.nn.Parameter(torch.zeros_like(ws[0]))
+    opt = torch.optim.Adam([delta], lr=lr, foreach=False)
+    for _ in range(steps):
+        opt.zero_grad()
+        dims = 1 if inner == "row" else (0, 1)
+        loss = sum((w * (w - s - total * delta)).sum(dims).pow(2).sum() for w in ws)
+        loss.backward()
+        delta.grad -= q @ (q.t() @ delta.grad)
+        opt.step()
+    return delta.detach()
+
+
+def test_the_batched_steps_equal_the_loss_differentiated_as_written():
+    for inner in ("row", "tensor"):
+        ws = [w * 1e-2 for w in _ws(k=4, shape=(20, 14), seed=3)]
+        fast, _ = doge_unit(ws, eta=0.3, subspace=2, steps=30, lr=1e-3, inner=inner)
+        slow = _reference_unit(ws, 0.3, 2, 30, 1e-3, inner)
+        assert torch.allclose(fast, slow, rtol=0, atol=1e-10 * float(slow.abs().max())), inner

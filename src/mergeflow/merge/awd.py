@@ -18,40 +18,48 @@ def awd_loss(gram: torch.Tensor, reg: float, delta_norm: float) -> tuple[float, 
     return float(cos.abs()[off].sum() / (k * (k - 1)) + reg * delta_norm), cos, norms
 
 
+_GRAM_CHUNK = 1 << 20  # columns of τ per float64 slice of the Gram (K × 8 MiB)
+
+
 def redundant_vector(tau: torch.Tensor, *, reg: float, lr: float, steps: int, init: str = "zero",
                      losses: list | None = None) -> torch.Tensor:
     """``δ`` after ``steps`` steps of plain gradient descent on ``L`` for the rows of ``tau`` (K × N).
 
-    ``v_i = τ_i − δ`` is never formed: the Gram needs ``ττᵀ`` (once), ``τδ`` and ``‖δ‖²``, and the gradient
-    ``Σ_i coef_i v_i + a δ/‖δ‖`` is ``coefᵀτ − (Σ coef) δ + a δ/‖δ‖``.
+    ``δ`` never leaves the span of the task vectors: it starts there (zero, or their mean) and every gradient,
+    ``Σ_i coef_i v_i + a δ/‖δ‖ = coefᵀτ − (Σ coef) δ + a δ/‖δ‖``, is a combination of the ``τ_i`` and ``δ``. So
+    ``δ = wᵀτ`` is carried as its K coefficients ``w``, and a step is K × K arithmetic on the Gram ``ττᵀ``
+    (``τδ = ττᵀw``, ``‖δ‖² = wᵀττᵀw``), accumulated once in float64: the model is read twice in all (the Gram
+    and ``wᵀτ`` at the end), not twice per step.
     """
     k = tau.shape[0]
-    dtype = torch.promote_types(tau.dtype, COMPUTE)
-    tt = (tau @ tau.t()).to(torch.float64)
-    delta = tau.mean(0) if init == "mean" else torch.zeros(tau.shape[1], dtype=tau.dtype, device=tau.device)
+    tt = torch.zeros(k, k, dtype=torch.float64, device=tau.device)
+    for start in range(0, tau.shape[1], _GRAM_CHUNK):  # float64 in slices: no float64 copy of the model
+        part = tau[:, start:start + _GRAM_CHUNK].double()
+        tt += part @ part.t()
+    w = torch.full((k,), 1.0 / k if init == "mean" else 0.0, dtype=torch.float64, device=tau.device)
     off = ~torch.eye(k, dtype=torch.bool, device=tau.device)
     for _ in range(steps + (1 if losses is not None else 0)):
-        td = (tau @ delta).to(torch.float64)
-        dd = float(delta.double() @ delta.double())
+        td = tt @ w
+        dd = float(w @ td)
         gram = tt - td[:, None] - td[None, :] + dd
-        loss, cos, norms = awd_loss(gram, reg, dd ** 0.5)
+        loss, cos, norms = awd_loss(gram, reg, max(dd, 0.0) ** 0.5)
         if losses is not None:
             losses.append(loss)
             if len(losses) > steps:
                 break
         if k < 2:
-            pair = torch.zeros(k, dtype=torch.float64)
+            pair = torch.zeros(k, dtype=torch.float64, device=tau.device)
         else:
             sign = torch.sign(cos) * off
             inv = 1.0 / (norms[:, None] * norms[None, :]).clamp(min=1e-30)
             # d|c_ij|/dδ's coefficient on v_i, summed over j and over both orders of each pair
             pair = 2.0 / (k * (k - 1)) * (-sign * (inv - cos / norms[:, None].pow(2).clamp(min=1e-30))).sum(1)
-        coef = pair.to(dtype)
-        grad = coef @ tau.to(dtype) - coef.sum() * delta.to(dtype)
+        grad = pair - pair.sum() * w
         if dd > 0:
-            grad = grad + reg * delta.to(dtype) / dd ** 0.5
-        delta = (delta.to(dtype) - lr * grad).to(tau.dtype)
-    return delta
+            grad = grad + reg * w / dd ** 0.5
+        w = w - lr * grad
+    dtype = torch.promote_types(tau.dtype, COMPUTE)
+    return (w.to(dtype) @ tau.to(dtype)).to(tau.dtype)
 
 
 @register("awd", "AWD", "Xiong et al., Multi-task model merging via adaptive weight disentanglement, "

@@ -7,21 +7,23 @@ import torch
 
 from mergeflow.families import Family
 from mergeflow.families.open_clip_vit import OPEN_CLIP
-from mergeflow.merge.common import COMPUTE, kth_smallest
+from mergeflow.merge.common import COMPUTE, kth_smallest, top_singular
 from mergeflow.merge.registry import HParam, alpha, register
 
 
 def shared_basis(ws: list[torch.Tensor], subspace: int) -> torch.Tensor:
     """``Q``: the top ``⌊r/m⌋`` left singular vectors of ``M``, the tasks' top ``⌊r/K⌋`` left singular
-    vectors side by side (``r = min(d_out, d_in)``, unused columns zero)."""
+    vectors side by side (``r = min(d_out, d_in)``, unused columns zero). Only the vectors kept are computed
+    (:func:`top_singular`: eigenpairs of the smaller Gram), not full SVDs."""
     d_out = ws[0].shape[0]
     r = min(ws[0].shape)
     per = r // len(ws)
     m = ws[0].new_zeros(d_out, r)
     for i, w in enumerate(ws):
         if per:
-            m[:, i * per:(i + 1) * per] = torch.linalg.svd(w, full_matrices=False)[0][:, :per]
-    return torch.linalg.svd(m, full_matrices=False)[0][:, :r // subspace]
+            m[:, i * per:(i + 1) * per] = top_singular(w, per)[0]
+    keep = r // subspace
+    return top_singular(m, keep)[0] if keep else m[:, :0]
 
 
 def doge_unit(ws: list[torch.Tensor], *, eta: float, subspace: int, steps: int, lr: float, inner: str = "row",
@@ -30,21 +32,35 @@ def doge_unit(ws: list[torch.Tensor], *, eta: float, subspace: int, steps: int, 
     """``(δ, λ)`` of one unit: ``λ_i = η/‖T_i‖``, and ``δ`` after ``steps`` Adam steps on
     ``L(δ) = Σ_j Σ_o e_j[o]²``, ``e_j = ⟨T_j, T_j − Σ_i λ_i T_i − Λ δ⟩`` per output row (``inner: row``) or over
     the whole unit (``tensor``), each gradient projected off (``complement``) or onto (``within``) the shared
-    subspace before the update."""
+    subspace before the update.
+
+    ``e_j = c_j − Λ ⟨T_j, δ⟩`` with ``c_j = ⟨T_j, T_j − S⟩`` computed once, so a step reads the task vectors
+    twice (the row products ``⟨T_j[o], δ[o]⟩`` and the gradient ``−2Λ Σ_j e_j[o] T_j[o]``), as batched
+    products over the rows of a ``(d_out, K, d_in)`` stack, and allocates nothing of the unit's size per task.
+    Adam is torch's fused kernel where the device has one (one pass over δ instead of a dozen; the same update
+    to round-off).
+    """
     norms = [float(w.norm()) for w in ws]
     lam = [eta / n if n > 0 else 0.0 for n in norms]
     total = sum(lam)
     s = sum(w * lam_i for w, lam_i in zip(ws, lam, strict=True))
     q = shared_basis(ws, subspace)
+    stack = torch.stack(ws, 1)  # (d_out, K, d_in): row o of every task side by side
+    const = torch.stack([(w * (w - s)).sum(1) for w in ws], 1)  # (d_out, K): c_j per row
+    del s
+    if inner == "tensor":
+        const = const.sum(0, keepdim=True)
     delta = torch.nn.Parameter(torch.zeros_like(ws[0]))
-    opt = torch.optim.Adam([delta], lr=lr)
-    dims = 1 if inner == "row" else (0, 1)
+    opt = torch.optim.Adam([delta], lr=lr, fused=True if delta.device.type in ("cpu", "cuda") else None)
     for _ in range(steps):
         d = delta.detach()
-        errors = [(w * (w - s - total * d)).sum(dims, keepdim=True) for w in ws]
+        # (d_out, K): ⟨T_j[o], δ[o]⟩, δ's row times the stack's transposed rows (3x faster than a batched matvec)
+        products = torch.bmm(d.unsqueeze(1), stack.transpose(1, 2)).squeeze(1)
+        errors = const - total * (products.sum(0, keepdim=True) if inner == "tensor" else products)
         if losses is not None:
-            losses.append(float(sum(e.pow(2).sum() for e in errors)))
-        g = -2.0 * total * sum(e * w for e, w in zip(errors, ws, strict=True))
+            losses.append(float(errors.pow(2).sum()))
+        weights = errors.expand_as(products) if inner == "tensor" else errors
+        g = (-2.0 * total) * torch.bmm(weights.unsqueeze(1), stack).squeeze(1)  # (d_out, d_in)
         inside = q @ (q.t() @ g)
         g = g - inside if projection == "complement" else inside
         if gradients is not None:
