@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HIDDEN, HEADS, KV, HEAD_DIM, MLP, VOCAB = 1024, 16, 8, 128, 3072, 151936
-EXEMPLAR_ROWS = {"cat": 2 * 128, "lot": 64 * 128, "task_arithmetic": 0, "ties": 0}
+CAT_ROWS = 2 * 128  # token rows of CAT's statistics as the pipeline records them: 2 exemplars x 128 tokens
 
 
 def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
@@ -106,7 +106,7 @@ def write_inputs(root: Path, layers: int, experts: int) -> dict:
     if not cat_shared.is_file():
         family = get_family("hf-decoder")
         tensors = {}
-        rows = EXEMPLAR_ROWS["cat"]
+        rows = CAT_ROWS
         for name, shape in shapes(layers).items():
             unit = family.unit(name)
             site = unit.site
@@ -124,13 +124,18 @@ def write_inputs(root: Path, layers: int, experts: int) -> dict:
     return paths
 
 
+def _status_mib(field: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: a child started by fork and exec
     inherits its parent's peak there, and the parent here has just written gigabytes of inputs."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(method: str, root: Path, experts: int, whole: bool, block_mib: float) -> dict:
@@ -140,6 +145,7 @@ def run_one(method: str, root: Path, experts: int, whole: bool, block_mib: float
     from mergeflow.merge import METHODS, merge
     from mergeflow.merge.stream import merge_streamed
 
+    baseline = _status_mib("VmRSS")  # the process after its imports, before any tensor: what 8B does not scale
     spec = METHODS[method]
     hp = {spec.scale: 0.3} if spec.scale else {}
     if method == "cat":
@@ -165,29 +171,31 @@ def run_one(method: str, root: Path, experts: int, whole: bool, block_mib: float
     wall = time.perf_counter() - start
     out.unlink()
     return {"method": method, "experts": experts, "path": "whole" if whole else "streamed", "wall_s": round(wall, 1),
-            "peak_mib": round(peak_rss_mib()),
+            "peak_mib": round(peak_rss_mib()), "baseline_mib": round(baseline) if baseline is not None else None,
             "threads": torch.get_num_threads()}
 
 
-def extrapolate(rows: list[dict], layers: list[int], baseline_mib: float = 250.0) -> None:
+def extrapolate(rows: list[dict], layers: list[int]) -> None:
     """Streamed peak at 8B ≈ b + (peak − b) × (one 8B layer / one layer here), ``b`` the process after its
-    imports (~250 MiB): as if the whole working set above it were one group's, which overstates methods
-    whose peak comes from a vocabulary row block; time at 8B ≈ time here × (8.03 B / the parameters here)."""
+    imports (each run's ``VmRSS`` before it read any tensor): as if the whole working set above it were one
+    group's, which overstates methods whose peak comes from a vocabulary row block; time at 8B ≈ time here ×
+    (8.03 B / the parameters here)."""
     qwen_layer = sum(s[0] * (s[1] if len(s) == 2 else 1) for s in layer_shapes(0).values())
     llama_layer = 4096 * 4096 * 2 + 1024 * 4096 * 2 + 3 * 14336 * 4096
     ratio = llama_layer / qwen_layer
     print(f"\nextrapolation to an 8B model (LLaMA-3-8B: 32 layers of {llama_layer / 1e6:.0f} M parameters, "
           f"{ratio:.1f}x a Qwen3-0.6B layer):")
-    print(f"  peak(8B) = {baseline_mib:.0f} MiB + (peak - {baseline_mib:.0f} MiB) x {ratio:.1f};  "
+    print(f"  peak(8B) = b + (peak - b) x {ratio:.1f}, b = the run's VmRSS after its imports;  "
           "time(8B) = time(here) x 8.03e9 / parameters(here)")
     for row in rows:
         if row["path"] != "streamed":
             continue
         params = sum(s[0] * (s[1] if len(s) == 2 else 1) for s in shapes(row["layers"]).values())
-        peak = (baseline_mib + (row["peak_mib"] - baseline_mib) * ratio) / 1024
+        base = row["baseline_mib"] or 0.0
+        peak = (base + (row["peak_mib"] - base) * ratio) / 1024
         minutes = row["wall_s"] * 8.03e9 / params / 60
-        print(f"  {row['method']:16s} K={row['experts']} from {row['layers']} layers: ~{peak:5.1f} GiB peak, "
-              f"~{minutes:6.1f} min on this CPU")
+        print(f"  {row['method']:16s} K={row['experts']} from {row['layers']} layers (b {base:.0f} MiB): "
+              f"~{peak:5.1f} GiB peak, ~{minutes:6.1f} min on this CPU")
 
 
 def main() -> None:
