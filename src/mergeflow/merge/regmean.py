@@ -30,14 +30,30 @@ def regmean(pretrained, experts, stats=None, diagnostics=None, family: Family = 
         if not v.is_floating_point():
             out[k] = v.clone()
         elif unit.kind == "linear" and all(unit.site in stats[t].gram for t in tasks):
-            grams = [shrink(stats[t].gram[unit.site].double(), a) for t in tasks]
-            rhs = sum(unit.matrix(experts[t][k]).double() @ g for t, g in zip(tasks, grams, strict=True))
-            total = sum(grams)
-            try:
-                merged = torch.linalg.solve(total, rhs.t()).t()  # total is symmetric
-            except RuntimeError:  # singular: fall back to the pseudo-inverse
-                merged = rhs @ torch.linalg.pinv(total, hermitian=True)
-            out[k] = unit.from_matrix(merged, v).to(v.dtype)
+            grams = [shrink(stats[t].gram[unit.site], a) for t in tasks]
+            out[k] = unit.from_matrix(regmean_linear(unit.matrix(v), [unit.matrix(experts[t][k]) for t in tasks],
+                                                     grams), v).to(v.dtype)
         else:
             out[k] = torch.stack([experts[t][k].to(COMPUTE) for t in tasks]).mean(0).to(v.dtype)
     return out
+
+
+def regmean_linear(base: torch.Tensor, weights: list[torch.Tensor], grams: list[torch.Tensor]) -> torch.Tensor:
+    """``(Σ_k W_k G_k) · inv(Σ_k G_k)`` (float64), through ``W_pre + (Σ_k T_k G_k) · inv(Σ_k G_k)``.
+
+    The products ``T_k G_k`` (most of the work) are one matrix product in the Grams' precision — the statistics
+    carry no more than that, and the task vectors' small scale keeps its round-off below the Grams' own; the
+    solve is float64, by Cholesky (``Σ G`` is symmetric positive definite unless singular). A singular ``Σ G``
+    takes the pseudo-inverse, ``W_pre · ΣG · pinv(ΣG) + (Σ_k T_k G_k) · pinv(ΣG)``: as the whole-weight formula,
+    the part of ``W_pre`` that no input reaches is dropped.
+    """
+    dtype = torch.promote_types(grams[0].dtype, COMPUTE)
+    pre = base.to(dtype)
+    drift = (torch.cat([w.to(dtype) - pre for w in weights], dim=1) @ torch.cat([g.to(dtype) for g in grams], dim=0)
+             ).double()
+    total = sum(g.double() for g in grams)
+    factor, info = torch.linalg.cholesky_ex(total)
+    if int(info) == 0:
+        return base.double() + torch.cholesky_solve(drift.t(), factor).t()
+    inverse = torch.linalg.pinv(total, hermitian=True)
+    return base.double() @ (total @ inverse) + drift @ inverse
