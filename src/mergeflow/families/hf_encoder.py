@@ -79,6 +79,7 @@ RULES = (
     Rule(r"\.bias$", "shift"),
 )
 
+
 def load(folder: str | Path, num_labels: int | None = None):
     """The encoder (or, with ``num_labels``, sequence classifier) saved in ``folder``
     (:func:`mergeflow.families.hf_folder.load`)."""

@@ -1,10 +1,11 @@
-"""The text suite's stages (``suite: text``): a RoBERTa/BERT base, one sequence-classification expert per
-task, token statistics, merges of the encoder body (each task keeps its expert's head, the GLUE merging
-protocol) and every task scored by its own GLUE metric.
+"""The text suite's stages (``suite: text``): a RoBERTa/BERT (or GPT-2) base, one sequence-classification
+expert per task, token statistics, merges of the body (each task keeps its expert's head, the GLUE merging
+protocol) and every task scored by its own metric (its GLUE headline unless ``data.metrics`` names another).
 
 Artifacts live under ``data/text/``, ``models/text/`` and ``reports/text/`` (:data:`mergeflow.paths.TEXT`);
 the merge runs, statistics variants and scale choice are the vision suite's (the same registry, the same
-``merge`` and ``sweeps`` blocks), applied through the ``hf-encoder`` family adapter.
+``merge`` and ``sweeps`` blocks), applied through the base's family adapter (``hf-encoder`` for BERT/RoBERTa,
+``hf-decoder`` for GPT-2 classifiers: its ``config.json``'s ``model_type`` says which).
 """
 
 from __future__ import annotations
