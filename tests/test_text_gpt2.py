@@ -167,3 +167,27 @@ def test_the_glue_gpt2_configuration_is_fusionbenchs_setting_and_its_report_show
     assert set(rows) == {"task_arithmetic", "individual"}  # FusionBench has no LOT row
     assert rows["task_arithmetic"]["paper_mean"] == pytest.approx(70.0, abs=0.05)
     assert rows["individual"]["paper_mean"] == pytest.approx(82.0, abs=0.05)
+
+
+def test_an_expert_of_another_family_is_one_line_naming_both(hub, monkeypatch):
+    """A RoBERTa classifier offered as an expert of the GPT-2 base: refused before any weight is compared."""
+    import transformers as tf
+
+    from mergeflow.stages import text
+
+    monkeypatch.chdir(hub)
+    cfg = _cfg(hub)
+    text.base(cfg)
+    text.prepare(cfg, "sentiment")
+    folder = hub / "hub/experts/gpt2_sentiment"
+    for file in folder.iterdir():
+        file.unlink()
+    vocab = read_json(hub / "hub/gpt2/config.json")["vocab_size"]
+    tf.RobertaForSequenceClassification(tf.RobertaConfig(
+        vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=66, num_labels=2)).save_pretrained(folder)
+    with pytest.raises(MergeflowError) as err:
+        text.finetune(cfg, "sentiment")
+    assert str(err.value) == ("expert 'sentiment' (hub/experts/gpt2_sentiment): a roberta model (hf-encoder), the "
+                              "base a gpt2 model (hf-decoder); experts are fine-tuned from the base")
+    assert not (hub / "models/text/experts/sentiment.safetensors").exists()

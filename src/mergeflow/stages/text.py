@@ -302,8 +302,14 @@ def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, devi
 
 def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
     """A published sequence classifier of ``task`` (a Hugging Face folder) as the task's expert, checked
-    against the base: a body of other shapes, or a head of another size, is one line and nothing is written."""
-    _, state = read_folder(folder, get_text_task(task).num_outputs)
+    against the base: another architecture, a body of other shapes, or a head of another size, is one line and
+    nothing is written."""
+    config, state = read_folder(folder, get_text_task(task).num_outputs)
+    ours = _config().get("model_type")
+    if config.get("model_type") != ours:
+        raise MergeflowError(f"expert {task!r} ({folder}): a {config.get('model_type')} model "
+                             f"({family_of(config, str(folder)).name}), the base a {ours} model ({_hf().name}); "
+                             "experts are fine-tuned from the base")
     try:  # the checks every merge makes of its inputs: keys, shapes, dtypes, finite values
         check_inputs(_pre(task), {task: _hf().merged_part(state)})
     except MergeflowError as exc:
