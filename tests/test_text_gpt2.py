@@ -191,3 +191,37 @@ def test_an_expert_of_another_family_is_one_line_naming_both(hub, monkeypatch):
     assert str(err.value) == ("expert 'sentiment' (hub/experts/gpt2_sentiment): a roberta model (hf-encoder), the "
                               "base a gpt2 model (hf-decoder); experts are fine-tuned from the base")
     assert not (hub / "models/text/experts/sentiment.safetensors").exists()
+
+
+def test_every_method_of_the_glue_gpt2_configuration_runs_on_gpt2_experts(hub, monkeypatch):
+    """configs/glue-gpt2.yaml's method list, each at its configured options (the optimisation-based ones at 5 steps,
+    AdaMerging at the tiny configuration's), merges and scores the tiny GPT-2 experts."""
+    from mergeflow.stages import text
+
+    monkeypatch.chdir(hub)
+    real = yaml.safe_load((ROOT / "configs" / "glue-gpt2.yaml").read_text())["merge"]
+    tiny = yaml.safe_load(TINY.read_text())["merge"]
+    blocks = {m: tiny.get(m, real[m]) for m in real["methods"]}
+    blocks.update({m: {**real[m], "steps": 5} for m in ("wudi", "doge_ta", "awd")})
+    _cfg(hub, methods=("task_arithmetic",))
+    raw = yaml.safe_load((hub / "params.yaml").read_text())
+    raw["merge"] = {"methods": real["methods"], **blocks}
+    (hub / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = config.load(hub / "params.yaml")
+    text.base(cfg)
+    for task in cfg.tasks:
+        text.prepare(cfg, task)
+        text.exemplars(cfg, task)
+        text.finetune(cfg, task)
+    for variant in cfg.variants():
+        for task in cfg.tasks:
+            text.features(cfg, task, variant.name)
+    text.evaluate(cfg, "individual")
+    text.evaluate(cfg, "zeroshot")
+    ran = set()
+    for run in cfg.merge_runs():
+        text.merge(cfg, run.name)
+        metrics = read_json(text.evaluate(cfg, run.name))
+        assert set(metrics["score"]) == set(TASKS), run.name
+        ran.add(run.method)
+    assert ran == set(real["methods"]) and len(ran) == 21
