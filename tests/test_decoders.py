@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import perturbed
+from mergeflow.errors import MergeflowError
 from mergeflow.families import get_family
 from mergeflow.features.tokens import collect_token_stats
 from mergeflow.merge import merge
@@ -249,3 +250,27 @@ def test_lot_fast_equals_reference_on_a_two_layer_llama(decoder_suite):
     ref = lot_reference(pre, experts, stats, lam=1.3, family=DEC)
     assert _relative(fast, ref, pre) < 1e-5
     assert (fast["lm_head.weight"] - pre["lm_head.weight"]).abs().max() > 0  # solved as a linear unit
+
+
+@pytest.mark.parametrize("kind", ["llama-tied", "qwen3", "gpt2"])
+def test_statistics_written_a_few_layers_at_a_time_are_the_whole_collections_bytes(kind, tmp_path):
+    """Item 4's statistics per layer: one pass per group of layers, joined: the bytes of the whole collection."""
+    from mergeflow.features.tokens import observed_sites, write_token_stats
+    from mergeflow.io import save_tensors
+
+    config = {**CONFIGS["llama"], "tie_word_embeddings": True} if kind == "llama-tied" else CONFIGS[kind]
+    torch.manual_seed(0)
+    model = DEC.build(config)
+    batches = [_padded([9, 4, 7], seed=1), _padded([5, 10], seed=2)]
+    for weighting in ("tokens", "task"):
+        whole = tmp_path / f"whole-{weighting}.safetensors"
+        save_tensors(whole, collect_token_stats(model, batches, DEC, weighting=weighting).to_tensors(), {"task": "t"})
+        for per_pass in (1, 2, 100):
+            out = tmp_path / f"layered-{weighting}-{per_pass}.safetensors"
+            write_token_stats(model, batches, DEC, out, layers_per_pass=per_pass, metadata={"task": "t"},
+                              weighting=weighting)
+            assert out.read_bytes() == whole.read_bytes(), (weighting, per_pass)
+    assert "lm_head.weight" in observed_sites(model, DEC) or kind == "gpt2"  # the tied projection's input, too
+    assert not list(tmp_path.glob(".*"))  # the parts are gone
+    with pytest.raises(MergeflowError, match="layers_per_pass must be at least 1, not 0"):
+        write_token_stats(model, batches, DEC, tmp_path / "x.safetensors", layers_per_pass=0)

@@ -211,3 +211,63 @@ def test_the_merge_files_command_writes_the_streamed_merge_and_names_bad_argumen
     assert capsys.readouterr().err.strip() == ("mergeflow merge-files: error: lot needs statistics (gram) but none "
                                                "were given")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_statistics_files_of_saved_models_feed_the_streamed_merge(tmp_path, capsys):
+    """The LLM route end to end: tied LLaMA experts written by save_pretrained, each one's statistics on a text
+    file by `mergeflow stats-files` (two layers a pass), then `mergeflow merge-files` with LOT: the same bytes as
+    the whole merge on statistics collected in one pass."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from mergeflow.cli import main
+    from mergeflow.features.stats import TaskStats
+    from mergeflow.io import load_tensors
+    from mergeflow.text.tokenize import encode
+
+    words = [f"w{i}" for i in range(60)]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]))
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[int(j)] for j in torch.randint(0, 60, (int(n),), generator=g))
+             for n in torch.randint(3, 12, (10,), generator=g)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts[:5]) + "\n\n" + "\n".join(texts[5:]) + "\n")
+    config = tf.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=32,
+                            max_position_embeddings=64, tie_word_embeddings=True, eos_token_id=1, bos_token_id=1)
+    torch.manual_seed(0)
+    base = tf.LlamaForCausalLM(config)
+    folders, stats = {}, {}
+    for i in range(2):
+        expert = tf.LlamaForCausalLM(config)
+        expert.load_state_dict(perturbed(base.state_dict(), i, scale=0.02))
+        folders[f"t{i}"] = tmp_path / f"t{i}"
+        expert.save_pretrained(folders[f"t{i}"])
+        tok.save(str(folders[f"t{i}"] / "tokenizer.json"))
+        argv = ["stats-files", "--model", str(folders[f"t{i}"]), "--texts", str(tmp_path / "texts.txt"),
+                "--examples", "10", "--max-length", "16", "--batch-size", "4", "--layers-per-pass", "2",
+                "--out", str(tmp_path / f"t{i}.stats.safetensors")]
+        assert main(argv) == 0, capsys.readouterr().err
+        arrays = encode(tok, texts, None, 16, 1)
+        batches = [{k: torch.from_numpy(v[j:j + 4].astype("int64")) for k, v in arrays.items()} for j in (0, 4, 8)]
+        stats[f"t{i}"] = collect_token_stats(expert.eval(), batches, DEC)
+        written = TaskStats.from_tensors(load_tensors(tmp_path / f"t{i}.stats.safetensors"))
+        assert set(written.gram) == set(stats[f"t{i}"].gram) and "lm_head.weight" in written.gram  # the tied role
+        assert all(torch.equal(written.gram[k], stats[f"t{i}"].gram[k]) for k in written.gram)
+    base.save_pretrained(tmp_path / "base")
+    argv = ["merge-files", "--method", "lot", "--base", str(tmp_path / "base/model.safetensors"), "--set",
+            "lambda=1.0", "--out", str(tmp_path / "lot.safetensors")]
+    for t, folder in folders.items():
+        argv += ["--expert", f"{t}={folder / 'model.safetensors'}",
+                 "--stats", f"{t}={tmp_path / f'{t}.stats.safetensors'}"]
+    assert main(argv) == 0
+    pre = load_tensors(tmp_path / "base/model.safetensors")
+    experts = {t: load_tensors(f / "model.safetensors") for t, f in folders.items()}
+    whole = merge("lot", pre, experts, stats=stats, family=DEC, **{"lambda": 1.0})
+    save_tensors(tmp_path / "whole.safetensors", whole, {"method": "lot"})
+    assert (tmp_path / "lot.safetensors").read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+    assert main(["stats-files", "--model", str(folders["t0"]), "--texts", str(tmp_path / "texts.txt"),
+                 "--examples", "11", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "texts.txt: 10 non-empty lines, 11 examples asked" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

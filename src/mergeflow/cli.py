@@ -77,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="a hyper-parameter (a YAML value: --set alpha=0.3 --set lambda=1.2)")
     p.add_argument("--block-mib", type=float, default=32.0, help="row blocks of a vocabulary table (MiB)")
     p.add_argument("--out", required=True, help="the merged safetensors file (written when complete)")
+    text = ("a Hugging Face model's statistics on a text file, a few layers at a time (merge-files --stats): "
+            "--model FOLDER --texts FILE --out FILE")
+    p = sub.add_parser("stats-files", help=text, description=text)
+    p.add_argument("--model", required=True, help="a folder: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--texts", required=True, help="calibration texts, one example per line (UTF-8)")
+    p.add_argument("--examples", type=int, default=64, help="the first N non-empty lines (default 64)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--layers-per-pass", type=int, default=4,
+                   help="layers whose statistics are held at once; one forward pass over the texts each")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--weighting", default="tokens", choices=["tokens", "task"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="the statistics' safetensors file (written when complete)")
     return parser
 
 
@@ -109,6 +123,17 @@ def _merge_files(args: argparse.Namespace) -> None:
                                    block_mib=args.block_mib, metadata={"method": args.method}, **hp)
     print(f"{args.out}: {args.method} of {len(args.expert)} experts, {report['groups']} groups "
           f"({report['row_blocks']} row blocks)")
+
+
+def _stats_files(args: argparse.Namespace) -> None:
+    import importlib
+
+    calibration = importlib.import_module("mergeflow.features.calibration")  # by name: see _merge_files
+    out = calibration.folder_statistics(args.model, args.texts, args.out, examples=args.examples,
+                                        max_length=args.max_length, batch_size=args.batch_size,
+                                        layers_per_pass=args.layers_per_pass, dtype=args.dtype,
+                                        weighting=args.weighting, device=args.device)
+    print(f"{out}: statistics of {args.model} on {args.examples} examples of {args.texts}")
 
 
 def _tasks(args: argparse.Namespace, cfg) -> list[str]:
@@ -189,6 +214,9 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.stage == "merge-files":  # files in, a file out: no configuration, no pipeline
         _merge_files(args)
+        return
+    if args.stage == "stats-files":
+        _stats_files(args)
         return
     cfg = config.load(args.params)
     if cfg.suite == "all":  # a suites file: its DAG and its cross-suite report; each suite's stages read their own file

@@ -115,7 +115,11 @@ def load(folder: str | Path, num_labels: int | None = None):
     if any(k.startswith(prefix) for k in model.state_dict()) and not any(k.startswith(prefix) for k in state):
         state = {f"{prefix}{k}": v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if family.unit(k).kind not in ("head", "excluded") or num_labels is None]
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    # a tied output projection (saved once, as the token table) is missing from the file, not from the model
+    missing = [k for k in missing if own[k].data_ptr() not in loaded
+               and (family.unit(k).kind not in ("head", "excluded") or num_labels is None)]
     if missing or unexpected:
         key = (missing or unexpected)[0]
         raise MergeflowError(f"{folder / 'model.safetensors'}: {key} is {'missing' if missing else 'unexpected'}")

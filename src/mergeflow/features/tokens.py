@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,17 +81,32 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def install_hooks(model: nn.Module, family, acc: _TokenAccumulator) -> list:
-    """One hook per module that observes a site of ``family`` (a module's weight key names its unit)."""
-    handles = []
+def observed_sites(model: nn.Module, family) -> dict[str, nn.Module]:
+    """Every site of ``family`` that ``model`` observes, with its module, in module order (a module's weight
+    key names its unit; k and v read q's input, so they add no site)."""
+    out = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
         key = f"{name}.weight" if name else "weight"
         unit = family.unit(key)
-        if unit.site != key:  # k and v read q's input: one hook per site
+        if unit.site != key:
             continue
+        if ((_is_linear(module) and unit.kind == "linear")
+                or ((isinstance(module, nn.LayerNorm) or _is_rms_norm(module)) and unit.kind == "scale")
+                or (isinstance(module, nn.Embedding) and unit.kind == "embedding")):
+            out[key] = module
+    return out
+
+
+def install_hooks(model: nn.Module, family, acc: _TokenAccumulator, sites: set[str] | None = None) -> list:
+    """One hook per module that observes a site of ``family`` (only those in ``sites`` when given)."""
+    handles = []
+    for key, module in observed_sites(model, family).items():
+        if sites is not None and key not in sites:
+            continue
+        unit = family.unit(key)
         if _is_linear(module) and unit.kind == "linear":
             handles.append(module.register_forward_pre_hook(partial(_TokenAccumulator.gram, acc, key)))
         elif (isinstance(module, nn.LayerNorm) or _is_rms_norm(module)) and unit.kind == "scale":
@@ -109,7 +125,8 @@ def _batches(batches) -> Iterable[Mapping[str, torch.Tensor]]:
 
 @torch.inference_mode()
 def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype = torch.float32,
-                        weighting: str = "tokens", device: torch.device | str | None = None) -> TaskStats:
+                        weighting: str = "tokens", device: torch.device | str | None = None,
+                        sites: set[str] | None = None) -> TaskStats:
     """Grams, normalised-input energies and embedding row counts of ``model`` over real tokens.
 
     Args:
@@ -119,6 +136,7 @@ def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype
         family: the adapter (:mod:`mergeflow.families`) that names every module's unit.
         dtype: accumulation precision (float32, or float64).
         weighting: ``tokens`` or ``task`` (:class:`TaskStats`).
+        sites: record these sites only (every site the model observes when None).
     """
     if weighting not in WEIGHTINGS:
         raise MergeflowError(f"features.weighting: {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
@@ -126,7 +144,7 @@ def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype
     acc = _TokenAccumulator(stats, dtype)
     model = model.eval()
     device = device or next(model.parameters()).device
-    handles = install_hooks(model, family, acc)
+    handles = install_hooks(model, family, acc, sites)
     try:
         for batch in tqdm(_batches(batches), desc="statistics", unit="batch", leave=False, mininterval=5.0):
             if "attention_mask" not in batch or "input_ids" not in batch:
@@ -139,6 +157,39 @@ def collect_token_stats(model: nn.Module, batches, family, *, dtype: torch.dtype
     for name in ("gram", "sqnorm", "counts"):
         setattr(stats, name, {k: v.cpu() for k, v in getattr(stats, name).items()})
     return stats.per_task() if weighting == "task" else stats
+
+
+def write_token_stats(model: nn.Module, batches, family, out: str | Path, *, layers_per_pass: int = 1,
+                      metadata: dict[str, str] | None = None, **options) -> Path:
+    """:func:`collect_token_stats` written to ``out`` a few layers at a time, so that only those layers'
+    statistics are ever in memory (a LLaMA-8B layer's Grams are ~1 GB in float32; the model's, 32 GB).
+
+    Each pass runs every batch through the model with hooks on ``layers_per_pass`` groups of sites only (a
+    numbered block, or a token table with its output projection: :func:`mergeflow.merge.stream.layer_groups`)
+    and saves them; the parts are then joined one tensor at a time. The result is the same bytes as
+    ``save_tensors(out, collect_token_stats(...).to_tensors(), metadata)``; the price is one forward pass over
+    the batches per pass. ``batches`` must be iterable more than once (a list).
+    """
+    import tempfile
+
+    from mergeflow.io import save_tensors
+    from mergeflow.merge.stream import concatenate, layer_groups
+
+    if layers_per_pass < 1:
+        raise MergeflowError(f"statistics: layers_per_pass must be at least 1, not {layers_per_pass}")
+    groups = layer_groups(list(observed_sites(model, family)), family)
+    passes = [sum(groups[i:i + layers_per_pass], []) for i in range(0, len(groups), layers_per_pass)]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        parts = []
+        for i, keys in enumerate(tqdm(passes, desc="statistics by layer", unit="pass", leave=False)):
+            stats = collect_token_stats(model, batches, family, sites=set(keys), **options)
+            parts.append(Path(tmp) / f"{i}.safetensors")
+            save_tensors(parts[-1], stats.to_tensors())
+            del stats
+        concatenate(parts, out, metadata)
+    return out
 
 
 def _log_likelihood(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,7 @@ class _Reader:
         return out
 
 
-def _groups(keys: list[str], family: Family) -> list[list[str]]:
+def layer_groups(keys: list[str], family: Family) -> list[list[str]]:
     """Keys grouped by numbered block; every other key alone, a token table with its output projection."""
     by_block: dict[str, list[str]] = {}
     order: list[str] = []
@@ -172,6 +172,30 @@ def _header(layout_order: list[str], info: dict[str, tuple[str, list[int]]], met
     return struct.pack("<Q", len(text)) + text, layout
 
 
+def concatenate(parts: list[Path], out: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the tensors of several safetensors files into one, one tensor in memory at a time: the same bytes
+    as :func:`mergeflow.io.save_tensors` of their union with ``metadata`` (a key in several parts must hold the
+    same tensor: the first part's is written). Atomic, like every output."""
+    readers = [_Reader(Path(p), "part") for p in parts]
+    try:
+        source = {}
+        for reader in readers:
+            for key in reader.info:
+                source.setdefault(key, reader)
+        info = {k: r.info[k] for k, r in source.items()}
+        header_meta = {_METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+        header, layout = _header(list(info), info, header_meta)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            f.write(header)
+            for key, (_, _, start, _) in layout.items():
+                tensor = source[key].get(key)
+                f.seek(len(header) + start)
+                f.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    finally:
+        for reader in readers:
+            reader.close()
+
+
 def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family = "open_clip",
          block_mib: float = 32.0, metadata: dict[str, str] | None = None) -> tuple[Plan, _Reader, dict[str, _Reader]]:
     """Check the files against each other (headers only) and plan the groups and the output's layout."""
@@ -203,7 +227,7 @@ def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family =
     header_meta = {_METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)} if metadata else None
     out.header, out.layout = _header(merged_keys, pre.info, header_meta)
     budget = block_mib * 2**20
-    for keys in _groups(merged_keys, family):
+    for keys in layer_groups(merged_keys, family):
         size = sum(_nbytes(pre.info[k]) for k in keys)
         lengths = {pre.info[k][1][0] if pre.info[k][1] else 0 for k in keys}
         splittable = (size > budget and len(lengths) == 1 and 0 not in lengths
