@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from mergeflow.cli import STAGES, main
 
@@ -13,7 +14,7 @@ def test_help_lists_every_stage():
 
 def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "p.yaml"
-    bad.write_text(open("params.yaml").read().replace("lambda: 5.0", "lambda: -5.0"))
+    bad.write_text(Path("params.yaml").read_text().replace("lambda: 5.0", "lambda: -5.0"))
     assert main(["--params", str(bad), "merge", "--method", "cat"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "merge.cat.lambda = -5.0: must be >= 0" in err
