@@ -271,3 +271,49 @@ def test_statistics_files_of_saved_models_feed_the_streamed_merge(tmp_path, caps
                  "--examples", "11", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "texts.txt: 10 non-empty lines, 11 examples asked" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sharded_checkpoints_and_folders_merge_as_their_single_files(tmp_path, capsys):
+    """A model saved in shards (model.safetensors.index.json) or given as its folder is read as the single file:
+    the same merged bytes; a shard index naming a file elsewhere, or a tensor its shard lacks, is one line."""
+    import transformers as tf
+
+    from mergeflow.cli import main
+    from mergeflow.families.hf_folder import load
+
+    config = tf.LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32,
+                            tie_word_embeddings=False)
+    torch.manual_seed(0)
+    models = {name: tf.LlamaForCausalLM(config) for name in ("base", "t0", "t1")}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / "whole" / name)
+        model.save_pretrained(tmp_path / "sharded" / name, max_shard_size="8KB")
+    assert len(list((tmp_path / "sharded/base").glob("model-*.safetensors"))) > 2
+    outs = []
+    for layout, pick in (("whole", lambda f: f / "model.safetensors"), ("sharded", lambda f: f),
+                         ("index", lambda f: f / "model.safetensors.index.json")):
+        root = tmp_path / ("whole" if layout == "whole" else "sharded")
+        outs.append(tmp_path / f"{layout}.safetensors")
+        argv = ["merge-files", "--method", "ties", "--base", str(pick(root / "base")), "--set", "alpha=0.5",
+                "--out", str(outs[-1])]
+        for t in ("t0", "t1"):
+            argv += ["--expert", f"{t}={pick(root / t)}"]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+    sharded = load(tmp_path / "sharded/t0")  # the folder loader reads shards too
+    assert all(torch.equal(v, models["t0"].state_dict()[k]) for k, v in sharded.state_dict().items())
+    capsys.readouterr()
+    index = tmp_path / "sharded/t1/model.safetensors.index.json"
+    original = json.loads(index.read_text())
+    key, shard = next(iter(original["weight_map"].items()))
+    for weight_map, words in (({**original["weight_map"], key: "../base/" + shard}, "is not a file name in its "
+                               "folder"), ({**original["weight_map"], "model.norm.weight": shard}, "which does not "
+                                           "hold it")):
+        index.write_text(json.dumps({**original, "weight_map": weight_map}))
+        argv = ["merge-files", "--method", "task_arithmetic", "--base", str(tmp_path / "sharded/base"), "--expert",
+                f"t1={tmp_path / 'sharded/t1'}", "--out", str(tmp_path / "bad.safetensors")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's carriage returns
+        assert err.startswith("mergeflow merge-files: error: expert 't1'") and words in err, err
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -68,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge-files", help=text, description=text)
     p.add_argument("--method", required=True,
                    help="a method whose rule is per unit (task_arithmetic, ties, lot, cat, ...)")
-    p.add_argument("--base", required=True, help="the pre-trained model's safetensors file")
-    p.add_argument("--expert", required=True, action="append", metavar="TASK=FILE", help="one per expert")
+    p.add_argument("--base", required=True,
+                   help="the pre-trained model: a safetensors file, a shard index or a Hugging Face folder")
+    p.add_argument("--expert", required=True, action="append", metavar="TASK=FILE",
+                   help="one per expert (a file, shard index or folder, as --base)")
     p.add_argument("--stats", action="append", default=[], metavar="TASK=FILE",
                    help="each task's statistics file, for the methods that need them")
     p.add_argument("--family", default="hf-decoder", help="the model family's adapter (default: hf-decoder)")

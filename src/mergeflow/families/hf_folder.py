@@ -14,6 +14,7 @@ from pathlib import Path
 from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, family_for_model_type
 
+SHARD_INDEX = "model.safetensors.index.json"
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
 # what a folder's config says about the checkpoint that does not describe the architecture
 _NOT_ARCHITECTURE = ("architectures", "id2label", "label2id", "num_labels")
@@ -52,6 +53,22 @@ def shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise MergeflowError(f"{file}: unreadable safetensors header ({str(exc).splitlines()[0][:160]})") from None
 
 
+def weight_files(folder: str | Path) -> list[Path]:
+    """The files holding a folder's weights: ``model.safetensors``, the shards its index names, or
+    ``pytorch_model.bin``."""
+    from mergeflow.models.community import shard_files
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    if (folder / SHARD_INDEX).is_file():
+        return shard_files(folder / SHARD_INDEX)
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    raise MergeflowError(f"{folder}: no model.safetensors, {SHARD_INDEX} or pytorch_model.bin (a Hugging Face "
+                         "model folder)")
+
+
 def _target(family: Family, config: dict, num_labels: int | None):
     """The state dict a folder must fill, and the task model's prefix (``roberta.``, ``transformer.``)."""
     model = family.build(config, num_labels if num_labels is not None else 1)
@@ -79,7 +96,7 @@ def read_folder(folder: str | Path, num_labels: int | None = None) -> tuple[dict
     else:
         state = {k if k.startswith(prefix) or family.unit(k).kind == "head" else prefix + k: v
                  for k, v in state.items()}
-    where = folder / ("model.safetensors" if (folder / "model.safetensors").is_file() else "pytorch_model.bin")
+    where = weight_files(folder)[0] if len(weight_files(folder)) == 1 else folder / SHARD_INDEX
     out = {}
     for key, ref in wanted.items():
         if family.unit(key).kind == "excluded":
@@ -95,22 +112,22 @@ def read_folder(folder: str | Path, num_labels: int | None = None) -> tuple[dict
 
 
 def load(folder: str | Path, num_labels: int | None = None):
-    """The model saved in ``folder`` (``config.json`` and ``model.safetensors``; no network): the family's
-    ``build(config, num_labels)`` with the folder's weights.
+    """The model saved in ``folder`` (``config.json`` and ``model.safetensors``, its shards, or
+    ``pytorch_model.bin``; no network): the family's ``build(config, num_labels)`` with the folder's weights.
 
     Index buffers a checkpoint may hold are dropped (the model makes its own). A body's weights (keys without
     the task model's prefix) fill the body of a sequence classifier, whose head is newly initialised, or of a
     language model (a tied output projection is the body's token table).
     """
-    from mergeflow.io import load_tensors, read_json
+    from mergeflow.io import read_json
+    from mergeflow.models.community import _hf_state
 
     folder = Path(folder)
     config = read_json(folder / "config.json")
     family = family_of(config, str(folder / "config.json"))
-    family.check_config(config, shapes(folder / "model.safetensors"), str(folder / "config.json"))
+    state = {k: v for k, v in _hf_state(folder).items() if family.unit(k).kind != "excluded"}
+    family.check_config(config, {k: tuple(v.shape) for k, v in state.items()}, str(folder / "config.json"))
     model = family.build(config, num_labels)
-    state = {k: v for k, v in load_tensors(folder / "model.safetensors").items()
-             if family.unit(k).kind != "excluded"}
     prefix = f"{model.base_model_prefix}."
     if any(k.startswith(prefix) for k in model.state_dict()) and not any(k.startswith(prefix) for k in state):
         state = {f"{prefix}{k}": v for k, v in state.items()}
@@ -122,5 +139,5 @@ def load(folder: str | Path, num_labels: int | None = None):
                and (family.unit(k).kind not in ("head", "excluded") or num_labels is None)]
     if missing or unexpected:
         key = (missing or unexpected)[0]
-        raise MergeflowError(f"{folder / 'model.safetensors'}: {key} is {'missing' if missing else 'unexpected'}")
+        raise MergeflowError(f"{folder}: {key} is {'missing' if missing else 'unexpected'}")
     return model.eval()

@@ -1,14 +1,15 @@
 """Statistics of a Hugging Face model folder on a calibration text file, written a few layers at a time: the
 input of ``mergeflow merge-files --stats`` for a model too large for the pipeline's features stage.
 
-The folder holds ``config.json``, ``model.safetensors`` and ``tokenizer.json``; its family is its
-``model_type``'s (:mod:`mergeflow.families.hf_folder`). A causal LM is run with its vocabulary projection, so a
-tied model's statistics include the projection's input (LOT's tied rule). The texts are a UTF-8 file, one example
-per line; the first ``examples`` non-empty lines are used, each cut to ``max_length`` tokens.
+The folder holds ``config.json``, its weights (``model.safetensors`` or shards) and ``tokenizer.json``; its
+family is its ``model_type``'s (:mod:`mergeflow.families.hf_folder`). A causal LM is run with its vocabulary
+projection, so a tied model's statistics include the projection's input (LOT's tied rule). The texts are a UTF-8
+file, one example per line; the first ``examples`` non-empty lines are used, each cut to ``max_length`` tokens.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ def folder_statistics(folder: str | Path, texts: str | Path, out: str | Path, *,
                       max_length: int = 512, batch_size: int = 8, layers_per_pass: int = 4,
                       dtype: str = "float32", weighting: str = "tokens", device: str = "cpu") -> Path:
     """Write the statistics of the model in ``folder`` on ``texts`` to ``out`` (see the module's docstring)."""
-    from mergeflow.families.hf_folder import family_of, load, read_config
+    from mergeflow.families.hf_folder import family_of, load, read_config, weight_files
     from mergeflow.features.tokens import write_token_stats
     from mergeflow.io import hash_file
     from mergeflow.text.tokenize import check_matches, encode, load_tokenizer
@@ -58,7 +59,8 @@ def folder_statistics(folder: str | Path, texts: str | Path, out: str | Path, *,
     batches = [{"input_ids": ids[i:i + batch_size], "attention_mask": mask[i:i + batch_size]}
                for i in range(0, len(ids), batch_size)]
     model = load(folder).to(device)
-    metadata = {"model": str(folder), "model_sha256": hash_file(folder / "model.safetensors"), "texts": str(texts),
+    weights = {file.name: hash_file(file) for file in weight_files(folder)}
+    metadata = {"model": str(folder), "weights_sha256": json.dumps(weights, sort_keys=True), "texts": str(texts),
                 "texts_sha256": hash_file(texts), "examples": str(examples), "max_length": str(max_length)}
     return write_token_stats(model, batches, family, out, layers_per_pass=layers_per_pass, metadata=metadata,
                              dtype=DTYPES[dtype], weighting=weighting, device=device)

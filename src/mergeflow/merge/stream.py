@@ -33,6 +33,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, get_family
 from mergeflow.features.stats import TaskStats
 from mergeflow.io import _METADATA_KEY, atomic_path
+from mergeflow.models.community import SHARD_INDEX
 
 _LAYER = re.compile(r"^(.*?\.\d+)\.")  # the numbered block a parameter belongs to
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -117,6 +118,48 @@ class _Reader:
                 raise MergeflowError(f"{self.what} {self.path}: {key} is cut short")
             done += got
         return out
+
+
+class _ShardedReader:
+    """A checkpoint in several safetensors shards, read as one (``model.safetensors.index.json``'s
+    ``weight_map`` says which shard holds each tensor): the interface of :class:`_Reader`."""
+
+    def __init__(self, index: Path, what: str):
+        from mergeflow.models.community import read_shard_index
+
+        self.path, self.what = Path(index), what
+        try:
+            where = read_shard_index(self.path)
+        except MergeflowError as exc:
+            raise MergeflowError(f"{what} {exc}") from None
+        self._shards = {file: _Reader(file, what) for file in sorted(set(where.values()))}
+        self._where, self.info = {}, {}
+        for key, file in where.items():
+            if key not in self._shards[file].info:
+                self.close()
+                raise MergeflowError(f"{what} {self.path}: {key} is mapped to {file.name}, which does not hold it")
+            self._where[key], self.info[key] = self._shards[file], self._shards[file].info[key]
+        self.keys = set(self.info)
+
+    def get(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        return self._where[key].get(key, rows)
+
+    def close(self) -> None:
+        for reader in getattr(self, "_shards", {}).values():
+            reader.close()
+
+
+def open_weights(path: str | Path, what: str) -> _Reader | _ShardedReader:
+    """A safetensors file, a shard index, or a Hugging Face folder holding either, as one reader."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", SHARD_INDEX):
+            if (path / name).is_file():
+                return open_weights(path / name, what)
+        raise MergeflowError(f"{what} {path}: a folder without model.safetensors or {SHARD_INDEX}")
+    if path.name.endswith(".index.json"):
+        return _ShardedReader(path, what)
+    return _Reader(path, what)
 
 
 def layer_groups(keys: list[str], family: Family) -> list[list[str]]:
@@ -207,8 +250,8 @@ def plan(name: str, base: Path, experts: dict[str, Path], family: str | Family =
         raise MergeflowError(f"{name}: its rule is not per unit, so it cannot be streamed; methods that can: "
                              f"{per_unit}")
     family = get_family(family)
-    pre = _Reader(base, "base")
-    readers = {t: _Reader(p, f"expert {t!r}") for t, p in experts.items()}
+    pre = open_weights(base, "base")
+    readers = {t: open_weights(p, f"expert {t!r}") for t, p in experts.items()}
     if not readers:
         raise MergeflowError("no experts to merge")
     ordered = sorted(pre.keys)
@@ -292,7 +335,8 @@ def merge_streamed(name: str, base: str | Path, experts: dict[str, str | Path], 
 
     Args:
         name: a method of the registry whose rule is per unit.
-        base, experts: safetensors files of ``θ_pre`` and of each task's expert (the same keys, shapes, dtypes).
+        base, experts: ``θ_pre`` and each task's expert (the same keys, shapes, dtypes): safetensors files, shard
+            indexes (``model.safetensors.index.json``) or Hugging Face folders holding either.
         out: the merged file (written atomically; heads left out, index buffers copied, as :func:`merge`).
         stats: per task, the statistics file (:meth:`TaskStats.to_tensors`), for methods that need them.
         block_mib: the largest group read at once before a vocabulary-sized table is cut into row blocks.

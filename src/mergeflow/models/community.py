@@ -250,13 +250,47 @@ def hf_tower(state: dict[str, torch.Tensor], names: dict[str, str], source: str)
 
 
 def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
-
+    """A Hugging Face folder's weights: ``model.safetensors``, its shards (``model.safetensors.index.json``), or
+    ``pytorch_model.bin`` through the restricted unpickler."""
     if (folder / "model.safetensors").is_file():
         return load_tensors(folder / "model.safetensors")
+    if (folder / SHARD_INDEX).is_file():
+        state = {}
+        for file in shard_files(folder / SHARD_INDEX):
+            state.update(load_tensors(file))
+        return state
     if (folder / "pytorch_model.bin").is_file():
         state, _ = _state_of(load_object(folder / "pytorch_model.bin"), str(folder / "pytorch_model.bin"))
         return state
-    raise MergeflowError(f"{folder}: no model.safetensors or pytorch_model.bin (a Hugging Face model folder)")
+    raise MergeflowError(f"{folder}: no model.safetensors, {SHARD_INDEX} or pytorch_model.bin (a Hugging Face model "
+                         "folder)")
+
+
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+MAX_INDEX_BYTES = 64 * 2**20  # an index of tensor names; a real one is well under 1 MB
+
+
+def read_shard_index(index: Path) -> dict[str, Path]:
+    """Tensor name → shard file, from a ``model.safetensors.index.json`` (every shard a file beside it)."""
+    index = Path(index)
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"over {MAX_INDEX_BYTES} bytes")
+        weight_map = json.loads(index.read_text())["weight_map"]
+        items = list(weight_map.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MergeflowError(f"{index}: unreadable shard index ({exc})") from None
+    for _, name in items:
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise MergeflowError(f"{index}: shard {name!r} is not a file name in its folder")
+    return {key: index.parent / name for key, name in items}
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` names."""
+    return sorted(set(read_shard_index(index).values()))
 
 
 def hf_activation(config: dict) -> str:
