@@ -317,3 +317,35 @@ def test_sharded_checkpoints_and_folders_merge_as_their_single_files(tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's carriage returns
         assert err.startswith("mergeflow merge-files: error: expert 't1'") and words in err, err
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_merge_into_a_folder_loads_with_from_pretrained_and_never_replaces_yours(tmp_path, capsys):
+    import transformers as tf
+
+    from mergeflow.cli import main
+    from mergeflow.io import load_tensors
+
+    config = tf.LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32,
+                            tie_word_embeddings=True)
+    torch.manual_seed(0)
+    for name in ("base", "t0", "t1"):
+        tf.LlamaForCausalLM(config).save_pretrained(tmp_path / name)
+    (tmp_path / "base/tokenizer_config.json").write_text("{}")
+    argv = ["merge-files", "--method", "task_arithmetic", "--base", str(tmp_path / "base"), "--set", "alpha=0.4",
+            "--expert", f"t0={tmp_path / 't0'}", "--expert", f"t1={tmp_path / 't1'}"]
+    assert main([*argv, "--out", str(tmp_path / "merged")]) == 0
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == ["config.json", "generation_config.json",
+                                                                      "model.safetensors", "tokenizer_config.json"]
+    assert main([*argv, "--out", str(tmp_path / "merged.safetensors")]) == 0
+    assert (tmp_path / "merged/model.safetensors").read_bytes() == (tmp_path / "merged.safetensors").read_bytes()
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # transformers reads it as it is
+    merged = load_tensors(tmp_path / "merged.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in merged.items())
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    capsys.readouterr()
+    (tmp_path / "yours").mkdir()
+    (tmp_path / "yours/notes.txt").write_text("keep")
+    assert main([*argv, "--out", str(tmp_path / "yours")]) == 2
+    assert "yours: exists and is not an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "yours/notes.txt").read_text() == "keep" and not list(tmp_path.glob(".yours.*"))

@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a hyper-parameter (a YAML value: --set alpha=0.3 --set lambda=1.2)")
     p.add_argument("--block-mib", type=float, default=32.0, help="row blocks of a vocabulary table (MiB)")
-    p.add_argument("--out", required=True, help="the merged safetensors file (written when complete)")
+    p.add_argument("--out", required=True,
+                   help="the merged safetensors file (*.safetensors), or a new folder: model.safetensors beside the "
+                        "base folder's configuration and tokenizer (written when complete)")
     text = ("a Hugging Face model's statistics on a text file, a few layers at a time (merge-files --stats): "
             "--model FOLDER --texts FILE --out FILE")
     p = sub.add_parser("stats-files", help=text, description=text)
@@ -120,9 +122,10 @@ def _merge_files(args: argparse.Namespace) -> None:
     # every stage depends on, and no stage runs this command
     stream = importlib.import_module("mergeflow.merge.stream")
     hp = {k: yaml.safe_load(v) for k, v in _pairs(args.set, "--set").items()}
-    report = stream.merge_streamed(args.method, args.base, _pairs(args.expert, "--expert"), args.out,
-                                   stats=_pairs(args.stats, "--stats") or None, family=args.family,
-                                   block_mib=args.block_mib, metadata={"method": args.method}, **hp)
+    write = stream.merge_streamed if args.out.endswith(".safetensors") else stream.merge_to_folder
+    report = write(args.method, args.base, _pairs(args.expert, "--expert"), args.out,
+                   stats=_pairs(args.stats, "--stats") or None, family=args.family, block_mib=args.block_mib,
+                   metadata={"method": args.method}, **hp)
     print(f"{args.out}: {args.method} of {len(args.expert)} experts, {report['groups']} groups "
           f"({report['row_blocks']} row blocks)")
 

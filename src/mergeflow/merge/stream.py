@@ -395,3 +395,37 @@ def merge_streamed(name: str, base: str | Path, experts: dict[str, str | Path], 
             del sub_pre, sub_experts, sub_stats, merged
         f.flush()
     return {"groups": len(the_plan.groups), "row_blocks": sum(g.rows is not None for g in the_plan.groups)}
+
+
+# what a merged model folder takes from its base's folder: the configuration and the tokenizer, not the weights
+_FOLDER_FILES = (".json", ".txt", ".model", ".tiktoken")
+
+
+def merge_to_folder(name: str, base: str | Path, experts: dict[str, str | Path], out: str | Path, **options: Any
+                    ) -> dict:
+    """:func:`merge_streamed` into ``<out>/model.safetensors``, beside the base folder's configuration and
+    tokenizer files: a Hugging Face folder ``from_pretrained`` loads. ``out`` must not exist or be empty (a
+    folder of yours is never replaced); it appears when complete."""
+    import shutil
+    import tempfile
+
+    base, out = Path(base), Path(out)
+    if not base.is_dir():
+        raise MergeflowError(f"{out}: a merged model folder needs the base as a Hugging Face folder (its configuration "
+                             f"and tokenizer are copied), not {base}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MergeflowError(f"{out}: exists and is not an empty folder; a merged model folder is written only where "
+                             "nothing is")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report = merge_streamed(name, base, experts, tmp / "model.safetensors", **options)
+        for file in sorted(base.iterdir()):
+            if file.is_file() and file.name.endswith(_FOLDER_FILES) and not file.name.endswith(".index.json"):
+                shutil.copyfile(file, tmp / file.name)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
