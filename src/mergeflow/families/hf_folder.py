@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, family_for_model_type
 
@@ -117,26 +119,48 @@ def load(folder: str | Path, num_labels: int | None = None):
 
     Index buffers a checkpoint may hold are dropped (the model makes its own). A body's weights (keys without
     the task model's prefix) fill the body of a sequence classifier, whose head is newly initialised, or of a
-    language model (a tied output projection is the body's token table).
+    language model (a tied output projection is the body's token table). Safetensors weights are copied into the
+    built model one tensor at a time, read without a memory map: the peak is the model and its largest tensor,
+    not the model twice.
     """
     from mergeflow.io import read_json
+    from mergeflow.merge.stream import open_weights
     from mergeflow.models.community import _hf_state
 
     folder = Path(folder)
     config = read_json(folder / "config.json")
     family = family_of(config, str(folder / "config.json"))
-    state = {k: v for k, v in _hf_state(folder).items() if family.unit(k).kind != "excluded"}
-    family.check_config(config, {k: tuple(v.shape) for k, v in state.items()}, str(folder / "config.json"))
-    model = family.build(config, num_labels)
-    prefix = f"{model.base_model_prefix}."
-    if any(k.startswith(prefix) for k in model.state_dict()) and not any(k.startswith(prefix) for k in state):
-        state = {f"{prefix}{k}": v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in state if k in own}
+    files = weight_files(folder)
+    if files[0].suffix == ".safetensors":
+        reader = open_weights(folder, str(folder))
+        get, sizes = reader.get, {k: tuple(v[1]) for k, v in reader.info.items()}
+    else:  # a pickled checkpoint is read whole
+        state = _hf_state(folder)
+        reader, get, sizes = None, state.__getitem__, {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        keys = [k for k in sizes if family.unit(k).kind != "excluded"]
+        family.check_config(config, {k: sizes[k] for k in keys}, str(folder / "config.json"))
+        model = family.build(config, num_labels)
+        own = model.state_dict()
+        prefix = f"{model.base_model_prefix}."
+        add = any(k.startswith(prefix) for k in own) and not any(k.startswith(prefix) for k in keys)
+        unexpected = [k for k in keys if (prefix + k if add else k) not in own]
+        loaded = set()
+        with torch.no_grad():
+            for key in keys:
+                name = prefix + key if add else key
+                if name not in own:
+                    continue
+                if tuple(own[name].shape) != sizes[key]:
+                    raise MergeflowError(f"{folder}: {key} has shape {sizes[key]}, the model {tuple(own[name].shape)}")
+                own[name].copy_(get(key))
+                loaded.add(own[name].data_ptr())
+    finally:
+        if reader is not None:
+            reader.close()
     # a tied output projection (saved once, as the token table) is missing from the file, not from the model
-    missing = [k for k in missing if own[k].data_ptr() not in loaded
-               and (family.unit(k).kind not in ("head", "excluded") or num_labels is None)]
+    missing = [k for k in own if own[k].data_ptr() not in loaded and family.unit(k).kind != "excluded"
+               and (family.unit(k).kind != "head" or num_labels is None)]
     if missing or unexpected:
         key = (missing or unexpected)[0]
         raise MergeflowError(f"{folder}: {key} is {'missing' if missing else 'unexpected'}")
