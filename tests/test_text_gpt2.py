@@ -152,6 +152,12 @@ def test_a_metric_that_does_not_fit_the_task_is_one_line(hub):
         _cfg(hub, metrics={"paraphrase": "pearson_spearman"})
     with pytest.raises(MergeflowError, match=r"data.metrics: 'cola' is not in data.tasks"):
         _cfg(hub, metrics={"cola": "accuracy"})
+    vision = yaml.safe_load((ROOT / "tests" / "e2e" / "tiny.yaml").read_text())
+    vision["data"]["metrics"] = {vision["data"]["tasks"][0]: "accuracy"}
+    (hub / "vision.yaml").write_text(yaml.safe_dump(vision))
+    with pytest.raises(MergeflowError, match=r"data.metrics is for the text suite; every image task is scored by "
+                                             r"accuracy"):
+        config.load(hub / "vision.yaml")
 
 
 def test_the_glue_gpt2_configuration_is_fusionbenchs_setting_and_its_report_shows_their_table():

@@ -268,6 +268,8 @@ def _check_semantics(cfg: Config) -> None:
         if cfg.suite == "vision" and cfg.raw["finetune"].get(key) is not None:
             raise MergeflowError(f"{src}: finetune.{key} is for the text suite; the image suite counts steps "
                                  f"(finetune.steps, finetune.warmup_steps)")
+    if cfg.suite == "vision" and cfg.raw["data"].get("metrics"):
+        raise MergeflowError(f"{src}: data.metrics is for the text suite; every image task is scored by accuracy")
     for task in cfg.tasks if cfg.suite == "vision" else ():
         if task not in TASKS:
             raise MergeflowError(f"{src}: data.tasks: unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
