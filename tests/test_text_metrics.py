@@ -50,4 +50,4 @@ def test_undefined_references_and_bad_shapes_are_one_line_errors():
         accuracy(PREDS[:3], LABELS)
     with pytest.raises(MergeflowError, match="metric: no examples"):
         accuracy([], [])
-    assert set(METRICS) == {"accuracy", "f1_accuracy", "matthews", "pearson_spearman"}
+    assert set(METRICS) == {"accuracy", "f1_accuracy", "matthews", "pearson_spearman", "exact_match"}

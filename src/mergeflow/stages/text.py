@@ -26,7 +26,7 @@ from mergeflow import paths
 from mergeflow.config import Config, Variant
 from mergeflow.device import resolve
 from mergeflow.errors import MergeflowError
-from mergeflow.families import Family, get_family
+from mergeflow.families import Family
 from mergeflow.families.hf_folder import family_of, read_folder
 from mergeflow.features.exemplars import sample_exemplars
 from mergeflow.features.stats import TaskStats
@@ -44,7 +44,7 @@ from mergeflow.io import (
 from mergeflow.merge import METHODS, check_inputs
 from mergeflow.merge import merge as do_merge
 from mergeflow.scale_choice import choose_scale, scale_rank
-from mergeflow.text import language, offline
+from mergeflow.text import causal, generation, language, offline
 from mergeflow.text.models import TEXT_ARCHS, imported_folders, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
 from mergeflow.text.task_data import TokenTaskData, token_task_data
@@ -56,8 +56,6 @@ from mergeflow.workers import cpu_cores, run_jobs, threads_per_job
 from mergeflow.workspace import is_path_like
 
 L = paths.TEXT
-# what masked-LM pre-training builds (the offline bases are RoBERTa-shaped encoders)
-PRETRAIN_FAMILY = "hf-encoder"
 
 
 def _hf() -> Family:
@@ -105,34 +103,47 @@ def fetch(cfg: Config, tasks: list[str]) -> list[Path]:
 
 # --- base ------------------------------------------------------------------------------------------------------
 def _pretrained_mlm(cfg: Config, steps: int | None = None):
-    """Masked-LM pre-training of ``model.arch`` on the generated corpus (not the tasks' sentences), with a
-    word-level tokenizer trained on that corpus. Returns the body's tensors, its config, the tokenizer, the log."""
-    from mergeflow.families.hf_encoder import _transformers
+    """Pre-training of ``model.arch`` on the generated corpus (not the tasks' sentences), with a word-level
+    tokenizer trained on that corpus: masked LM for an encoder, next-token prediction for a decoder (whose
+    tokenizer also knows the generation tasks' words, :func:`mergeflow.text.generation.vocabulary`, which the
+    corpus never uses). Returns the body's tensors, its config, the tokenizer, the log."""
+    from mergeflow.families import family_for_model_type
 
     p, arch = cfg.raw["pretrain"], cfg.raw["model"]["arch"]
+    family = family_for_model_type(TEXT_ARCHS[arch]["model_type"], f"model.arch {arch}")
+    decoder = family.name == "hf-decoder"
     # two thirds single sentences, one third sentence pairs (offline.pair_corpus), as BERT pre-trains on pairs
     n_pairs = int(p["corpus_size"]) // 3
     corpus = offline.corpus(int(p["corpus_size"]) - n_pairs, seed=int(p["corpus_seed"]))
     pairs = offline.pair_corpus(n_pairs, seed=int(p["corpus_seed"]))
-    tokenizer = train_word_tokenizer([*corpus, *(f"{a} {b}" for a, b in pairs)], language.vocabulary())
+    words = [*language.vocabulary(), *(generation.vocabulary() if decoder else [])]
+    tokenizer = train_word_tokenizer([*corpus, *(f"{a} {b}" for a, b in pairs)], words)
     config = {**TEXT_ARCHS[arch], "vocab_size": tokenizer.get_vocab_size()}
-    tf = _transformers()
     torch.manual_seed(int(p["seed"]))
-    mlm = tf.AutoModelForMaskedLM.from_config(tf.AutoConfig.for_model(
-        **{k: v for k, v in config.items() if k != "model_type"}, model_type=config["model_type"]))
-    special = sorted({tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")})
     length = int(cfg.raw["data"]["max_length"])
-    singles = encode(tokenizer, corpus, None, length)
-    joined = encode(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], length) if pairs else singles
-    arrays = {k: np.concatenate([singles[k], joined[k]]) if pairs else singles[k] for k in singles}
-    log = pretrain_mlm(mlm, arrays,
-                       steps=int(p["steps"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                       weight_decay=float(p["weight_decay"]), warmup_steps=int(p["warmup_steps"]), seed=int(p["seed"]),
-                       special_ids=special, mask_token=mask_id(tokenizer), device=resolve(cfg.device),
-                       stop_after=steps, log_every=1)
-    prefix = mlm.base_model_prefix + "."
-    body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in mlm.state_dict().items()
-            if k.startswith(prefix) and get_family(PRETRAIN_FAMILY).unit(k).kind != "excluded"}
+    schedule = {"steps": int(p["steps"]), "batch_size": int(p["batch_size"]), "lr": float(p["lr"]),
+                "weight_decay": float(p["weight_decay"]), "warmup_steps": int(p["warmup_steps"]),
+                "seed": int(p["seed"]), "device": resolve(cfg.device), "stop_after": steps, "log_every": 1}
+    if decoder:  # a pair is one text: a causal model reads it left to right
+        lm = family.build(config)
+        texts = [*corpus, *(f"{a} {b}" for a, b in pairs)]
+        log = causal.train(lm, causal.encode_answers(tokenizer, texts, [None] * len(texts), length),
+                           answers_only=False, **schedule)
+    else:
+        from mergeflow.families.hf_encoder import _transformers
+
+        tf = _transformers()
+        lm = tf.AutoModelForMaskedLM.from_config(tf.AutoConfig.for_model(
+            **{k: v for k, v in config.items() if k != "model_type"}, model_type=config["model_type"]))
+        special = sorted({tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")})
+        singles = encode(tokenizer, corpus, None, length)
+        joined = encode(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], length) if pairs else singles
+        arrays = {k: np.concatenate([singles[k], joined[k]]) if pairs else singles[k] for k in singles}
+        log = pretrain_mlm(lm, arrays, special_ids=special, mask_token=mask_id(tokenizer), **schedule)
+    prefix = lm.base_model_prefix + "."
+    # the body (a decoder's tied output projection is its token table, saved once)
+    body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()
+            if k.startswith(prefix) and family.unit(k).kind != "excluded"}
     digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs)]).encode()).hexdigest()
     record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus), "pairs": len(pairs),
               "seed": int(p["corpus_seed"]), "sha256": digest}, "max_length": int(cfg.raw["data"]["max_length"]),
@@ -247,10 +258,26 @@ def with_padding(config: dict) -> dict:
 
 
 def _classifier(task: str):
-    """A sequence classifier for ``task`` holding the base's body (its head newly initialised)."""
+    """``task``'s model holding the base's body: a sequence classifier (its head newly initialised), or for a
+    generation task the base's causal language model."""
     from mergeflow.families.hf_folder import load
 
-    return load(L.base, num_labels=get_text_task(task).num_outputs)
+    t = get_text_task(task)
+    if t.generative and _hf().name != "hf-decoder":
+        raise MergeflowError(f"{L.base / 'config.json'}: a {_config().get('model_type')} model; generation task "
+                             f"{task!r} needs a causal language model as the base")
+    return load(L.base, num_labels=None if t.generative else t.num_outputs)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    """A model's state dict with each tensor once: a tied output projection is its token table (the file
+    holds the table, as a Hugging Face checkpoint does; loading ties it again)."""
+    seen, out = set(), {}
+    for key, value in model.state_dict().items():
+        if value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            out[key] = value
+    return out
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -290,14 +317,24 @@ def exemplars(cfg: Config, task: str, seed: int | None = None) -> Path:
 
 # --- experts -----------------------------------------------------------------------------------------------------
 def _inputs(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in arrays.items() if k != "labels"}
+    return {k: v for k, v in arrays.items() if k not in ("labels", "answer_mask")}
+
+
+def _size(arrays: dict[str, np.ndarray]) -> int:
+    return len(arrays["input_ids"])
 
 
 def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, device, metric: str | None = None
           ) -> float:
-    """``task``'s headline (percent; ``metric``, else its GLUE metric) of ``model`` on a prepared split."""
-    return get_text_task(task).score(predict(model, _inputs(arrays), batch_size=batch_size, device=device),
-                                     arrays["labels"], metric)["score"]
+    """``task``'s headline (percent; ``metric``, else its GLUE metric) of ``model`` on a prepared split: a
+    generation task's answers written by greedy decoding."""
+    t = get_text_task(task)
+    if t.generative:
+        written, answers = causal.exact_matches(model, load_tokenizer(L.tokenizer()), arrays, batch_size=batch_size,
+                                                device=device)
+        return t.score(written, answers, metric)["score"]
+    return t.score(predict(model, _inputs(arrays), batch_size=batch_size, device=device), arrays["labels"],
+                   metric)["score"]
 
 
 def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
@@ -318,7 +355,7 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
     model.load_state_dict({**model.state_dict(), **state})
     val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
     files = _folder_hashes(folder)
-    save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
+    save_tensors(L.expert(task), {k: v.contiguous() for k, v in _weights(model).items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
     write_json(L.expert_log(task), {"task": task, "val_score": val, "imported": str(folder), "files": files,
                                     "weights_sha256": hash_file(L.expert(task))})
@@ -350,13 +387,17 @@ def finetune(cfg: Config, task: str) -> Path:
     torch.manual_seed(int(f["seed"]) * 1000003 + zlib.crc32(task.encode()))
     model = _classifier(task)
     train = _split(task, "train")
-    steps, warmup = schedule_length(f, len(train["labels"]))
-    log = train_classifier(model, _inputs(train), train["labels"], steps=steps,
-                           batch_size=int(f["batch_size"]), lr=float(f["lr"]), weight_decay=float(f["weight_decay"]),
-                           warmup_steps=warmup, seed=int(f["seed"]), grad_clip=float(f["grad_clip"]), device=device)
+    steps, warmup = schedule_length(f, _size(train))
+    schedule = {"steps": steps, "batch_size": int(f["batch_size"]), "lr": float(f["lr"]),
+                "weight_decay": float(f["weight_decay"]), "warmup_steps": warmup, "seed": int(f["seed"]),
+                "grad_clip": float(f["grad_clip"]), "device": device}
+    if get_text_task(task).generative:  # the loss on the answer's tokens only
+        log = causal.train(model, train, answers_only=True, **schedule)
+    else:
+        log = train_classifier(model, _inputs(train), train["labels"], **schedule)
     model = model.cpu().eval()
     val = score(model, task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
-    save_tensors(L.expert(task), {k: v.contiguous() for k, v in model.state_dict().items()},
+    save_tensors(L.expert(task), {k: v.contiguous() for k, v in _weights(model).items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
     write_json(L.expert_log(task), {"task": task, "val_score": val, "loss": log,
                                     "weights_sha256": hash_file(L.expert(task))})
@@ -378,7 +419,7 @@ def _finetune_job(raw: dict, source: str, task: str) -> Path:
 
 def _pre(task: str) -> dict[str, torch.Tensor]:
     """The base body under the classifier's parameter names (what experts and merges are keyed by)."""
-    return _hf().merged_part(_classifier(task).state_dict())
+    return _hf().merged_part(_weights(_classifier(task)))
 
 
 def load_expert(task: str) -> dict[str, torch.Tensor]:
@@ -393,11 +434,10 @@ def _scaled(task: str, scale: float):
     """The expert's classifier at ``θ_pre + scale · T_task`` (its own head)."""
     model = _classifier(task)
     expert = load_expert(task)
-    state = model.state_dict()
-    body = _hf().merged_part(state)
+    body = _hf().merged_part(_weights(model))
     new = {k: (body[k].float() + scale * (expert[k].float() - body[k].float())).to(body[k].dtype)
            if body[k].is_floating_point() else body[k] for k in body}
-    model.load_state_dict({**state, **new, **_hf().heads(expert)})
+    model.load_state_dict({**model.state_dict(), **new, **_hf().heads(expert)})
     return model.eval()
 
 
@@ -422,13 +462,13 @@ def _features_at(cfg: Config, task: str, v: Variant, scale: float, out: Path) ->
                              "raise exemplars.pool")
     train = _split(task, "train")
     index = np.asarray(listing["indices"][:v.count], dtype=np.int64)
-    if len(index) and (index.min() < 0 or index.max() >= len(train["labels"])):
+    if len(index) and (index.min() < 0 or index.max() >= _size(train)):
         raise MergeflowError(f"{ex_file}: indices outside the train split; rerun `mergeflow exemplars --task {task}`")
     arrays = {k: torch.from_numpy(v_[index].astype(np.int64)) for k, v_ in _inputs(train).items()}
     bs = int(cfg.features.batch_size)
     device = resolve(cfg.device)
     model = _scaled(task, scale).to(device)
-    labels = torch.from_numpy(train["labels"][index])
+    labels = torch.from_numpy(train["labels"][index]) if "labels" in train else None
     if v.kind == "gram":
         batches = ({k: t[i:i + bs] for k, t in arrays.items()} for i in range(0, len(index), bs))
         dtype = torch.float64 if cfg.features.dtype == "float64" else torch.float32
@@ -506,7 +546,7 @@ def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None, experts: dict) 
         def val_accuracy(weights, task):
             return val({k: v.detach().cpu() for k, v in weights.items()}, task)
 
-    regression = {t for t in cfg.tasks if get_text_task(t).labels is None}
+    regression = {t for t in cfg.tasks if get_text_task(t).regression}
     return token_task_data(models, regression, spec.uses, unlabeled, split, val_accuracy, resolve(cfg.device))
 
 
@@ -617,7 +657,7 @@ def evaluate(cfg: Config, model_name: str) -> Path:
     numbers["score"] = scores
     numbers["metric"] = {t: task_metric(cfg.raw, t) for t in cfg.tasks}
     record = {"model": model_name, "suite": "text", "inputs": inputs,
-              "count": {t: int(len(test.data[t]["labels"])) for t in cfg.tasks}}
+              "count": {t: _size(test.data[t]) for t in cfg.tasks}}
     if model_name == "individual":
         pre = _pre(cfg.tasks[0])
         norm = float(sum(v.float().pow(2).sum() for k, v in pre.items() if v.is_floating_point()) ** 0.5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from mergeflow.errors import MergeflowError
 from mergeflow.merge import METHODS
 from mergeflow.text.models import check_text_model
-from mergeflow.text.tasks import CLASS_METRICS, SCORE_METRICS, TEXT_TASKS
+from mergeflow.text.tasks import TEXT_TASKS, fitting_metrics
 
 # statistics the text suite records (features.tokens): token Grams and energies, the body's Fisher and mean
 # absolute gradients
@@ -29,6 +29,39 @@ def unsupported(method: str) -> str | None:
     return None
 
 
+def unsupported_for_generation(method: str) -> str | None:
+    """Why ``method`` cannot run on generation tasks (a causal LM writing answers), or None."""
+    spec = METHODS[method]
+    if spec.uses:
+        return "it runs the model through each task's classifier, which a generation task does not have"
+    kinds = {need.kind for need in spec.needs} - {"gram"}
+    if kinds:
+        return f"it needs {', '.join(sorted(kinds))} statistics of a classifier's loss, not recorded for answers"
+    return None
+
+
+def _check_generation(cfg, src: str) -> None:
+    """Generation tasks need a causal LM as the base, and every task of the run must be one."""
+    from mergeflow.families import family_for_model_type
+    from mergeflow.text.models import TEXT_ARCHS
+
+    generative = [t for t in cfg.tasks if TEXT_TASKS[t].generative]
+    if not generative:
+        return
+    others = [t for t in cfg.tasks if not TEXT_TASKS[t].generative]
+    if others:
+        raise MergeflowError(f"{src}: data.tasks mixes generation tasks ({generative[0]}) with classification or "
+                             f"regression tasks ({others[0]}): a run merges one kind of model")
+    arch = cfg.raw["model"]["arch"]
+    if arch in TEXT_ARCHS and family_for_model_type(TEXT_ARCHS[arch]["model_type"], arch).name != "hf-decoder":
+        raise MergeflowError(f"{src}: model.arch = {arch!r} is an encoder; generation tasks ({generative[0]}) need a "
+                             "causal language model (e.g. mf-llama-small)")
+    for method in [*cfg.raw["merge"]["methods"], *cfg.raw["sweeps"]]:
+        why = unsupported_for_generation(method)
+        if why is not None:
+            raise MergeflowError(f"{src}: merge.methods: {method!r} is not available for generation tasks: {why}")
+
+
 def check(cfg) -> None:
     """Refuse a text configuration the text stages could not run, in one line naming the key."""
     src, raw = cfg.source, cfg.raw
@@ -39,10 +72,11 @@ def check(cfg) -> None:
     for task, metric in (raw["data"].get("metrics") or {}).items():
         if task not in cfg.tasks:
             raise MergeflowError(f"{src}: data.metrics: {task!r} is not in data.tasks")
-        fits = SCORE_METRICS if TEXT_TASKS[task].labels is None else CLASS_METRICS
+        t = TEXT_TASKS[task]
+        fits = fitting_metrics(t)
         if metric not in fits:
-            raise MergeflowError(f"{src}: data.metrics.{task} = {metric!r}: {task} is "
-                                 f"{'a regression' if TEXT_TASKS[task].labels is None else 'a classification'} task, "
+            kind = "a generation" if t.generative else "a regression" if t.regression else "a classification"
+            raise MergeflowError(f"{src}: data.metrics.{task} = {metric!r}: {task} is {kind} task, "
                                  f"scored by {' or '.join(fits)}")
     if "max_length" not in raw["data"]:
         raise MergeflowError(f"{src}: data.max_length is required for the text suite (tokens per sequence)")
@@ -62,6 +96,7 @@ def check(cfg) -> None:
         unknown = sorted(set(spec.get("tasks") or {}) - set(cfg.tasks))
         if unknown:
             raise MergeflowError(f"{src}: model.import.tasks: {unknown[0]!r} is not in data.tasks")
+    _check_generation(cfg, src)
     for method in [*raw["merge"]["methods"], *raw["sweeps"]]:
         why = unsupported(method)
         if why is not None:

@@ -3,7 +3,7 @@
 Each function takes predictions and references (class ids, or scores for regression) and returns its
 figures in percent with ``score``, the task's headline: accuracy; the mean of F1 and accuracy (MRPC,
 QQP); Matthews correlation (CoLA); the mean of Pearson and Spearman correlations (STS-B), as GLUE
-averages them.
+averages them; and exact match of generated answers (the generation suite).
 """
 
 from __future__ import annotations
@@ -95,8 +95,17 @@ def pearson_spearman(predictions, references) -> dict[str, float]:
     return out
 
 
+def exact_match(predictions, references) -> dict[str, float]:
+    """The percentage of answers equal to their reference, word for word (runs of spaces and the ends do not
+    count: a generated answer is its words joined by one space)."""
+    p, r = _arrays([" ".join(str(x).split()) for x in predictions], [" ".join(str(x).split()) for x in references])
+    match = 100.0 * float(np.mean(p == r))
+    return {"exact_match": match, "score": match}
+
+
 METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "accuracy": accuracy, "f1_accuracy": f1_accuracy, "matthews": matthews, "pearson_spearman": pearson_spearman,
+    "exact_match": exact_match,
 }
 
 

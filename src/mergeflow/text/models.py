@@ -29,6 +29,16 @@ TEXT_ARCHS: dict[str, dict] = {
     "mf-roberta-small": {**_ROBERTA, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
                          "intermediate_size": 512},
 }
+# LLaMA-shaped causal LMs (RMSNorm, gated MLP, rotary positions, grouped-query attention: half as many key/value
+# heads as query heads, tied input and output embeddings), the generation suite's bases; special ids as RoBERTa's
+_LLAMA = {"model_type": "llama", "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True,
+          "max_position_embeddings": 64, "rms_norm_eps": 1e-6}
+TEXT_ARCHS.update({
+    "mf-llama-micro": {**_LLAMA, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_key_value_heads": 1, "intermediate_size": 32},
+    "mf-llama-small": {**_LLAMA, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "intermediate_size": 384},
+})
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 
 
@@ -60,7 +70,7 @@ def check_text_model(arch: str, pretrained: str | None, max_length: int, source:
     if pretrained == "packaged":
         raise MergeflowError(f"{source}: model.pretrained = 'packaged' but {arch!r} is not a packaged model "
                              f"({', '.join(PACKAGED)})")
-    limit = TEXT_ARCHS[arch]["max_position_embeddings"] - 2
+    limit = TEXT_ARCHS[arch]["max_position_embeddings"] - (2 if TEXT_ARCHS[arch]["model_type"] == "roberta" else 0)
     if max_length > limit:
         raise MergeflowError(f"{source}: data.max_length = {max_length}: {arch} has positions for {limit} tokens")
 

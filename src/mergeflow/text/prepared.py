@@ -1,7 +1,9 @@
 """Token-sequence prepared splits: one safetensors file per split of a text task.
 
 ``input_ids`` (int32) and ``attention_mask`` (uint8), ``(N, max_length)``, ``token_type_ids`` where the
-tokenizer sets them, and ``labels`` (int64 class ids, or float32 scores); the metadata names the task, the
+tokenizer sets them, and ``labels`` (int64 class ids, or float32 scores) — or, for a generation task,
+``<s> prompt answer </s>`` with ``answer_mask`` on the answer's tokens (:func:`mergeflow.text.causal.encode_answers`,
+no ``labels``: the answer is in the sequence); the metadata names the task, the
 split and the SHA-256 of the tokenizer, so a split made with another tokenizer is refused. Validation is
 carved out of train exactly as for the image tasks (:func:`mergeflow.data.registry.split_indices`).
 """
@@ -16,6 +18,7 @@ import torch
 from mergeflow.data.registry import split_indices
 from mergeflow.errors import MergeflowError
 from mergeflow.io import hash_file, load_metadata, load_tensors, save_tensors
+from mergeflow.text.causal import encode_answers
 from mergeflow.text.tasks import get_text_task
 from mergeflow.text.tokenize import encode, load_tokenizer
 
@@ -37,8 +40,11 @@ def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_
         data = task.read(None if raw_dir is None else Path(raw_dir), source, options or {})
         if task.labels is not None and len(data) and int(data.labels.max()) >= len(task.labels):
             raise MergeflowError(f"{name}: label {int(data.labels.max())} outside 0..{len(task.labels) - 1}")
-        arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length, pad_id)
-        arrays["labels"] = data.labels
+        if task.generative:
+            arrays = encode_answers(tokenizer, data.texts_a, list(data.labels), max_length)
+        else:
+            arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length, pad_id)
+            arrays["labels"] = data.labels
         if source == "test":
             parts = {"test": np.arange(len(data))}
         else:
@@ -58,7 +64,8 @@ def load_text_split(folder: Path, split: str, tokenizer_sha256: str | None = Non
         raise MergeflowError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     file = Path(folder) / f"{split}.safetensors"
     tensors = load_tensors(file)
-    for key in ("input_ids", "attention_mask", "labels"):
+    target = "answer_mask" if "answer_mask" in tensors else "labels"
+    for key in ("input_ids", "attention_mask", target):
         if key not in tensors:
             raise MergeflowError(f"{file}: no {key!r}; not a prepared text split")
     meta = load_metadata(file)

@@ -1,7 +1,8 @@
 """The text task registry: every task declares its metric, its labels (or a score) and how a split is read.
 
 Offline tasks are generated (:mod:`mergeflow.text.offline`); GLUE tasks are read from a local folder
-(:mod:`mergeflow.text.glue`), ``<folder>/<task>/``.
+(:mod:`mergeflow.text.glue`), ``<folder>/<task>/``; generation tasks (:mod:`mergeflow.text.generation`) are
+generated prompts whose answers a causal language model writes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mergeflow.errors import MergeflowError
-from mergeflow.text import glue, offline
+from mergeflow.text import generation, glue, offline
 from mergeflow.text.glue import TextSplit
 from mergeflow.text.metrics import get_metric
 
@@ -25,9 +26,12 @@ class TextTask:
     Attributes:
         name: registry key (the folder name under the raw and prepared folders).
         metric: a key of :data:`mergeflow.text.metrics.METRICS`.
-        labels: class names in label order; None for a regression task (one output, a score).
-        read: ``read(raw_dir, split, options) -> TextSplit`` for split train | test.
-        kind: ``offline`` (generated) or ``glue`` (read from a local folder).
+        labels: class names in label order; None for a regression task (one output, a score) and a
+            generation task (its answers are texts).
+        read: ``read(raw_dir, split, options) -> TextSplit`` for split train | test (a generation task's
+            ``texts_a`` are its prompts, its ``labels`` the answers).
+        kind: ``offline`` (generated), ``glue`` (read from a local folder) or ``generation`` (generated prompts
+            a causal language model answers).
     """
 
     name: str
@@ -35,6 +39,14 @@ class TextTask:
     labels: tuple[str, ...] | None
     read: Callable[[Path, str, dict], TextSplit]
     kind: str
+
+    @property
+    def generative(self) -> bool:
+        return self.kind == "generation"
+
+    @property
+    def regression(self) -> bool:
+        return self.labels is None and not self.generative
 
     @property
     def num_outputs(self) -> int:
@@ -69,9 +81,15 @@ def task_metric(raw: dict, name: str) -> str:
     return (raw["data"].get("metrics") or {}).get(name, get_text_task(name).metric)
 
 
-# metrics that score class ids, and those that score a regression's values
+# metrics that score class ids, those that score a regression's values, and those that score written answers
 CLASS_METRICS = ("accuracy", "f1_accuracy", "matthews")
 SCORE_METRICS = ("pearson_spearman",)
+ANSWER_METRICS = ("exact_match",)
+
+
+def fitting_metrics(task: TextTask) -> tuple[str, ...]:
+    """The metrics that can score ``task``'s predictions."""
+    return ANSWER_METRICS if task.generative else SCORE_METRICS if task.regression else CLASS_METRICS
 
 
 def _offline_reader(name: str):
@@ -85,6 +103,14 @@ def _offline_reader(name: str):
     return read
 
 
+def _generation_reader(name: str):
+    def read(raw_dir: Path, split: str, options: dict) -> TextSplit:
+        count = int(options.get(split, {"train": 2000, "test": 500}[split]))
+        examples = generation.generate(name, split, count, int(options.get("seed", 0)))
+        return TextSplit([p for p, _ in examples], None, np.array([a for _, a in examples], dtype=object))
+    return read
+
+
 def _glue_reader(name: str):
     def read(raw_dir: Path, split: str, options: dict) -> TextSplit:
         return glue.read_glue(raw_dir, name, split)
@@ -93,5 +119,7 @@ def _glue_reader(name: str):
 
 for _name, (_draw, _metric, _labels) in offline.TASKS.items():
     register_text_task(TextTask(_name, _metric, _labels, _offline_reader(_name), "offline"))
+for _name in generation.TASKS:
+    register_text_task(TextTask(_name, "exact_match", None, _generation_reader(_name), "generation"))
 for _name, _task in glue.GLUE.items():
     register_text_task(TextTask(_name, _task.metric, _task.labels, _glue_reader(_name), "glue"))
