@@ -15,8 +15,8 @@ import torch
 
 from mergeflow.errors import MergeflowError
 from mergeflow.families import Family, family_for_model_type
+from mergeflow.models.community import SHARD_INDEX
 
-SHARD_INDEX = "model.safetensors.index.json"
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
 # what a folder's config says about the checkpoint that does not describe the architecture
 _NOT_ARCHITECTURE = ("architectures", "id2label", "label2id", "num_labels")
@@ -25,6 +25,16 @@ _NOT_ARCHITECTURE = ("architectures", "id2label", "label2id", "num_labels")
 def family_of(config: dict, source: str) -> Family:
     """The adapter of a ``config.json``'s ``model_type``; one line naming the file when none has it."""
     return family_for_model_type(config.get("model_type"), source)
+
+
+def with_padding(config: dict) -> dict:
+    """A decoder's config with a padding id: GPT-2 and LLaMA-style checkpoints often have none, and a sequence
+    classifier reads each sequence's last token before the padding. The end-of-text token pads, as FusionBench's
+    GPT-2 GLUE experts were trained (their ``pad_token_id`` is GPT-2's ``eos_token_id``, 50256)."""
+    if config.get("pad_token_id") is not None or config.get("eos_token_id") is None:
+        return config
+    eos = config["eos_token_id"]
+    return {**config, "pad_token_id": eos[0] if isinstance(eos, list) else eos}
 
 
 def read_config(folder: str | Path) -> dict:
@@ -98,7 +108,8 @@ def read_folder(folder: str | Path, num_labels: int | None = None) -> tuple[dict
     else:
         state = {k if k.startswith(prefix) or family.unit(k).kind == "head" else prefix + k: v
                  for k, v in state.items()}
-    where = weight_files(folder)[0] if len(weight_files(folder)) == 1 else folder / SHARD_INDEX
+    files = weight_files(folder)
+    where = files[0] if len(files) == 1 else folder / SHARD_INDEX
     out = {}
     for key, ref in wanted.items():
         if family.unit(key).kind == "excluded":

@@ -38,7 +38,7 @@ def folder_statistics(folder: str | Path, texts: str | Path, out: str | Path, *,
                       max_length: int = 512, batch_size: int = 8, layers_per_pass: int = 4,
                       dtype: str = "float32", weighting: str = "tokens", device: str = "cpu") -> Path:
     """Write the statistics of the model in ``folder`` on ``texts`` to ``out`` (see the module's docstring)."""
-    from mergeflow.families.hf_folder import family_of, load, read_config, weight_files
+    from mergeflow.families.hf_folder import family_of, load, read_config, weight_files, with_padding
     from mergeflow.features.tokens import write_token_stats
     from mergeflow.io import hash_file
     from mergeflow.text.tokenize import check_matches, encode, load_tokenizer
@@ -46,14 +46,11 @@ def folder_statistics(folder: str | Path, texts: str | Path, out: str | Path, *,
     if dtype not in DTYPES:
         raise MergeflowError(f"--dtype {dtype!r}: one of {', '.join(DTYPES)}")
     folder = Path(folder)
-    config = read_config(folder)
+    config = with_padding(read_config(folder))
     family = family_of(config, str(folder / "config.json"))
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     check_matches(tokenizer, int(config.get("vocab_size", 0)), str(folder / "tokenizer.json"))
-    eos = config.get("eos_token_id")
-    pad = config.get("pad_token_id")
-    pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)  # decoders pad with end of text
-    arrays = encode(tokenizer, read_texts(texts, examples), None, max_length, pad)
+    arrays = encode(tokenizer, read_texts(texts, examples), None, max_length, config.get("pad_token_id"))
     ids = torch.from_numpy(arrays["input_ids"].astype("int64"))
     mask = torch.from_numpy(arrays["attention_mask"].astype("int64"))
     batches = [{"input_ids": ids[i:i + batch_size], "attention_mask": mask[i:i + batch_size]}
