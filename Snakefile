@@ -35,7 +35,7 @@ if VISION_CFG is not None:
     include: "workflow/rules/vision.smk"
 
 
-if TEXT_CFG is not None:
+if TEXT_SUITE_CFGS:
 
     include: "workflow/rules/text.smk"
 

@@ -607,13 +607,13 @@ def test_a_method_registered_from_outside_runs_in_both_engines(dvc_ws, smk_ws, t
 
 @pytest.fixture(scope="module")
 def suites_ws(dvc_ws, smk_ws, tmp_path_factory):
-    """The finished tiny vision runs of both engines with the tiny text suite added by a suites file: DVC from
-    `mergeflow --params all-tiny.yaml dag`, Snakemake with `--configfile all-tiny.yaml`."""
+    """The finished tiny vision runs of both engines with the tiny text and generation suites added by a suites
+    file: DVC from `mergeflow --params all-tiny.yaml dag`, Snakemake with `--configfile all-tiny.yaml`."""
     out = {}
     for engine, ws in (("dvc", dvc_ws), ("smk", smk_ws)):
         copy = tmp_path_factory.mktemp(f"suites-{engine}") / "ws"
         shutil.copytree(ws, copy, symlinks=True)
-        for name in ("text-tiny.yaml", "all-tiny.yaml"):
+        for name in ("text-tiny.yaml", "lm-tiny.yaml", "all-tiny.yaml"):
             shutil.copy(TINY.parent / name, copy / name)
         if engine == "dvc":
             _run([str(BIN / "mergeflow"), "--params", "all-tiny.yaml", "dag"], copy)
@@ -625,26 +625,30 @@ def suites_ws(dvc_ws, smk_ws, tmp_path_factory):
     return out
 
 
-def test_a_suites_file_adds_the_text_suite_beside_a_finished_vision_run(suites_ws):
-    """Every vision stage stays as it was (nothing of the vision run reruns under either engine); the text
-    suite's stages and the method x suite report run."""
+def test_a_suites_file_adds_the_text_suites_beside_a_finished_vision_run(suites_ws):
+    """Every vision stage stays as it was (nothing of the vision run reruns under either engine); the text and
+    generation suites' stages and the method x suite report run."""
     (dvc, dvc_ran), (_, smk_ran) = suites_ws["dvc"], suites_ws["smk"]
-    assert dvc_ran and all(s.startswith("text-") for s in dvc_ran - {"suites-report"}) and "suites-report" in dvc_ran
-    assert smk_ran and all(s.startswith("text_") for s in smk_ran - {"suites_report"}) and "suites_report" in smk_ran
+    assert dvc_ran and all(s.startswith(("text-", "lm-")) for s in dvc_ran - {"suites-report"})
+    assert "suites-report" in dvc_ran and "lm-merge-lot" in dvc_ran
+    assert smk_ran and all(s.startswith(("text_", "lm_")) for s in smk_ran - {"suites_report"})
+    assert "suites_report" in smk_ran and "lm_merge" in smk_ran
     table = (dvc / "reports" / "suites.csv").read_text().splitlines()
-    assert table[0] == "method,vision,text,vision_rank,text_rank"
+    assert table[0] == "method,vision,text,lm,vision_rank,text_rank,lm_rank"
     assert {row.split(",")[0] for row in table[1:]} >= {"task_arithmetic", "lot", "cat"}
     page = (dvc / "reports" / "suites.html").read_text()
     assert "Does a method's rank survive a change of modality?" in page
     assert "<h2>vision suite (params.yaml, tiny)</h2>" in page and "<h2>text suite (text-tiny.yaml" in page
+    assert "<h2>lm suite (lm-tiny.yaml" in page
 
 
-def test_both_engines_run_the_text_suite_to_the_same_bytes(suites_ws):
+def test_both_engines_run_the_text_suites_to_the_same_bytes(suites_ws):
     (dvc, _), (smk, _) = suites_ws["dvc"], suites_ws["smk"]
-    files = sorted(p.relative_to(dvc) for d in ("models/text", "data/text", "reports/text")
+    files = sorted(p.relative_to(dvc) for d in ("models/text", "data/text", "reports/text", "models/lm", "data/lm",
+                                                "reports/lm")
                    for p in (dvc / d).rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.parent.name != "merge")  # merge reports hold wall times
-    assert len(files) > 40
+    assert len(files) > 80 and any(f.parts[:2] == ("models", "lm") for f in files)
     different = [f for f in files if (dvc / f).read_bytes() != (smk / f).read_bytes()]
     assert not different, different
     # the suites table's text columns agree too; its vision columns come from each engine's own vision run,
@@ -652,8 +656,8 @@ def test_both_engines_run_the_text_suite_to_the_same_bytes(suites_ws):
     import pandas as pd
 
     tables = {ws: pd.read_csv(ws / "reports" / "suites.csv", index_col="method") for ws in (dvc, smk)}
-    pd.testing.assert_frame_equal(tables[dvc][["text", "text_rank"]].sort_index(),
-                                  tables[smk][["text", "text_rank"]].sort_index())
+    pd.testing.assert_frame_equal(tables[dvc][["text", "text_rank", "lm", "lm_rank"]].sort_index(),
+                                  tables[smk][["text", "text_rank", "lm", "lm_rank"]].sort_index())
     for ws, frame in tables.items():
         for method, score in frame["vision"].dropna().items():
             metrics = json.loads((ws / "reports" / "metrics" / f"{method}.json").read_text())
@@ -679,6 +683,25 @@ def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_reg
     assert "adamerging, task similarity: prediction entropy is undefined for a regression output" in page
     merged = load_tensors(ws / "models/text/merged/lot.safetensors")  # the body only: each task keeps its head
     assert merged and not any(k.startswith("classifier.") for k in merged)
+
+
+def test_the_lm_report_scores_answers_by_exact_match_and_names_each_methods_table_rule(suites_ws):
+    import csv
+
+    from mergeflow import config
+    from mergeflow.io import load_tensors
+
+    ws = suites_ws["dvc"][0]
+    cfg = config.load(ws / "lm-tiny.yaml")
+    rows = {r["model"]: r for r in csv.DictReader((ws / "reports/lm/results.csv").open())}
+    assert set(rows) == set(cfg.models())
+    metrics = json.loads((ws / "reports/lm/metrics/cat.json").read_text())
+    assert metrics["metric"] == {"sorting": "exact_match", "polarity": "exact_match"}
+    page = (ws / "reports/lm/report.html").read_text()
+    assert "The suite's regime" in page and "experts' mean exact match &gt;= 80" in page
+    assert "lot: both roles" in page and "cat: lookup role only" in page
+    merged = load_tensors(ws / "models/lm/merged/lot.safetensors")  # the whole language model, its table once
+    assert "model.embed_tokens.weight" in merged and "lm_head.weight" not in merged
 
 
 def test_a_text_stage_run_from_a_suites_dag_checks_it_against_the_suites_file(suites_ws, tmp_path):

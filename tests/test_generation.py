@@ -158,21 +158,21 @@ def test_generation_tasks_run_every_text_stage_on_a_causal_lm(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg = _load(tmp_path)
     text.base(cfg)
-    assert read_json(tmp_path / "models/text/base/config.json")["model_type"] == "llama"
-    base = load_tensors(tmp_path / "models/text/base/model.safetensors")
+    assert read_json(tmp_path / "models/lm/base/config.json")["model_type"] == "llama"
+    base = load_tensors(tmp_path / "models/lm/base/model.safetensors")
     assert "embed_tokens.weight" in base and not any(k.startswith("lm_head") for k in base)  # tied: saved once
     for task in cfg.tasks:
         text.prepare(cfg, task)
         text.exemplars(cfg, task)
         text.finetune(cfg, task)
-    train = load_tensors(tmp_path / "data/text/prepared/sorting/train.safetensors")
+    train = load_tensors(tmp_path / "data/lm/prepared/sorting/train.safetensors")
     assert "answer_mask" in train and "labels" not in train
-    expert = load_tensors(tmp_path / "models/text/experts/sorting.safetensors")
+    expert = load_tensors(tmp_path / "models/lm/experts/sorting.safetensors")
     assert "model.embed_tokens.weight" in expert and "lm_head.weight" not in expert
     for variant in cfg.variants():
         for task in cfg.tasks:
             text.features(cfg, task, variant.name)
-    grams = [load_tensors(f) for f in (tmp_path / "data/text/features").glob("*/sorting.safetensors")]
+    grams = [load_tensors(f) for f in (tmp_path / "data/lm/features").glob("*/sorting.safetensors")]
     assert grams and all({"gram/model.layers.0.self_attn.q_proj.weight", "gram/lm_head.weight",
                           "counts/model.embed_tokens.weight"} <= set(g) for g in grams)
     individual = read_json(text.evaluate(cfg, "individual"))
@@ -182,7 +182,7 @@ def test_generation_tasks_run_every_text_stage_on_a_causal_lm(tmp_path, monkeypa
         text.merge(cfg, run.name)
         metrics = read_json(text.evaluate(cfg, run.name))
         assert set(metrics["score"]) == {"sorting", "polarity"} and 0.0 <= metrics["average"] <= 100.0
-    merged = load_tensors(tmp_path / "models/text/merged/lot.safetensors")
+    merged = load_tensors(tmp_path / "models/lm/merged/lot.safetensors")
     assert set(merged) == set(expert)  # the whole language model is merged: no per-task head
 
 
@@ -195,9 +195,9 @@ def test_the_answers_the_stages_score_are_greedy_decodings_of_the_prepared_promp
     cfg = _load(tmp_path, lambda r: r["data"].__setitem__("tasks", ["arithmetic"]))
     text.base(cfg)
     text.prepare(cfg, "arithmetic")
-    tokenizer = load_tokenizer(tmp_path / "models/text/base/tokenizer.json")
-    test = {k: v.numpy() for k, v in load_tensors(tmp_path / "data/text/prepared/arithmetic/test.safetensors").items()}
-    model = load(tmp_path / "models/text/base")
+    tokenizer = load_tokenizer(tmp_path / "models/lm/base/tokenizer.json")
+    test = {k: v.numpy() for k, v in load_tensors(tmp_path / "data/lm/prepared/arithmetic/test.safetensors").items()}
+    model = load(tmp_path / "models/lm/base")
     written, answers = exact_matches(model, tokenizer, test)
     examples = G.generate("arithmetic", "test", 40)
     assert answers == [a for _, a in examples]
@@ -207,13 +207,16 @@ def test_the_answers_the_stages_score_are_greedy_decodings_of_the_prepared_promp
 
 @pytest.mark.parametrize("edit,words", [
     (lambda r: r["data"].__setitem__("tasks", ["sorting", "sentiment"]),
-     "data.tasks mixes generation tasks (sorting) with classification or regression tasks (sentiment)"),
+     "data.tasks: 'sentiment' is not a generation task; the lm suite's tasks are answered by a causal language "
+     "model (lookup, arithmetic"),
+    (lambda r: r.__setitem__("suite", "text"),
+     "data.tasks: 'sorting' is a generation task: set suite: lm"),
     (lambda r: r["model"].__setitem__("arch", "mf-roberta-micro"),
-     "model.arch = 'mf-roberta-micro' is an encoder; generation tasks (sorting) need a causal language model"),
+     "model.arch = 'mf-roberta-micro' is an encoder; the lm suite's tasks need a causal language model"),
     (lambda r: (r["merge"]["methods"].append("fisher"), r["merge"].__setitem__("fisher", {"examples": 8})),
-     "'fisher' is not available for generation tasks: it needs fisher statistics of a classifier's loss"),
+     "'fisher' is not available for the lm suite: it needs fisher statistics of a classifier's loss"),
     (lambda r: (r["merge"]["methods"].append("adamerging"), r["merge"].__setitem__("adamerging", {})),
-     "'adamerging' is not available for generation tasks: it runs the model through each task's classifier"),
+     "'adamerging' is not available for the lm suite: it runs the model through each task's classifier"),
     (lambda r: r["data"].__setitem__("metrics", {"sorting": "accuracy"}),
      "data.metrics.sorting = 'accuracy': sorting is a generation task, scored by exact_match"),
 ])

@@ -15,6 +15,7 @@ from mergeflow.errors import MergeflowError
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "e2e" / "text-tiny.yaml"
 ALL_TINY = ROOT / "tests" / "e2e" / "all-tiny.yaml"
+LM_TINY = ROOT / "tests" / "e2e" / "lm-tiny.yaml"
 
 
 def _raw():
@@ -40,8 +41,8 @@ def _workspace(path: Path, params: Path = TINY, suites: bool = False) -> Path:
             shutil.copy(src, path / name)
     if suites:
         shutil.copy(ROOT / "tests" / "e2e" / "tiny.yaml", path / "params.yaml")
-        shutil.copy(TINY, path / TINY.name)
-        shutil.copy(ALL_TINY, path / ALL_TINY.name)
+        for file in (TINY, LM_TINY, ALL_TINY):
+            shutil.copy(file, path / file.name)
         _run([str(BIN / "mergeflow"), "--params", ALL_TINY.name, "dag"], path)
     else:
         shutil.copy(params, path / "params.yaml")
@@ -107,14 +108,20 @@ def test_text_stages_say_their_suite_and_depend_on_the_text_code_only():
     assert "src/mergeflow/families/hf_encoder.py" in stages["text-features"]["deps"]
     vision_stages = {f"src/mergeflow/stages/{m}.py" for m in ("data", "models", "features", "merge", "evaluate")}
     assert not any(d in vision_stages for s in stages.values() for d in s["deps"])
+    lm = dag.text_stages(config.load(LM_TINY), ROOT)
+    assert all(name.startswith("lm-") for name in lm) and "lm-merge-lot" in lm
+    assert "models/lm/base" in lm["lm-merge-lot"]["deps"]
+    assert "src/mergeflow/text/causal.py" in lm["lm-finetune"]["deps"]
     # no vision stage depends on the text code (mergeflow.config checks a text configuration by name)
     for name, stage in dag.dvc_stages(config.load(ROOT / "params.yaml"), ROOT).items():
         assert not any(d.startswith("src/mergeflow/text/") or d.endswith("stages/text.py") for d in stage["deps"]), name
 
 
-@pytest.mark.parametrize("suites", [False, True, "import"], ids=["text", "vision+text", "text+import"])
+@pytest.mark.parametrize("suites", [False, True, "import", "lm"], ids=["text", "vision+text+lm", "text+import", "lm"])
 def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
     params = TINY
+    if suites == "lm":
+        params, suites = LM_TINY, False
     if suites == "import":  # published experts: each task's folder is an input of text-finetune
         raw = _raw()
         raw["model"]["import"] = {"format": "hf", "root": "published", "tasks": {"sentiment": "sst2"}}
@@ -125,7 +132,7 @@ def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
             (tmp_path / "ws" / "published" / name / "config.json").write_text("{}")
         suites = False
     ws = _workspace(tmp_path / "ws", params, suites=suites)
-    if params != TINY:
+    if params not in (TINY, LM_TINY):
         finetune = dag.text_stages(config.load(ws / "params.yaml"), ws)["text-finetune"]
         assert "published/sst2" in finetune["deps"] and "model.import" in str(finetune["params"])
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], ws)
@@ -133,6 +140,7 @@ def test_both_engines_declare_the_same_text_dag(tmp_path, suites):
     smk = snakemake_jobs(ws, "--forceall", *(["--configfile", ALL_TINY.name] if suites else []))
     if suites:
         assert "mergeflow --params text-tiny.yaml merge --method lot --evaluate" in dvc
+        assert "mergeflow --params lm-tiny.yaml merge --method lot --evaluate" in dvc
         assert "mergeflow merge --method cat --evaluate" in dvc  # the vision suite's, as in its own DAG
         assert "mergeflow --params all-tiny.yaml report" in dvc
     assert set(dvc) == set(smk), (sorted(set(dvc) - set(smk)), sorted(set(smk) - set(dvc)))
@@ -158,9 +166,9 @@ def test_the_suites_report_has_the_method_table_and_a_section_per_suite(tmp_path
 
     shutil.copy(ROOT / "tests" / "e2e" / "tiny.yaml", tmp_path / "params.yaml")
     shutil.copy(TINY, tmp_path / TINY.name)
-    shutil.copy(ALL_TINY, tmp_path / ALL_TINY.name)
+    (tmp_path / "two.yaml").write_text(f"name: two\nsuites: [params.yaml, {TINY.name}]\n")
     monkeypatch.chdir(tmp_path)
-    suites = config.load(ALL_TINY.name)
+    suites = config.load("two.yaml")
     vision, text = suites.of("vision"), suites.of("text")
     both = sorted(set(vision.raw["merge"]["methods"]) & set(text.raw["merge"]["methods"]))
     for cfg, unit in ((vision, 0.01), (text, 1.0)):  # image accuracies are fractions, GLUE metrics percent

@@ -205,7 +205,7 @@ SUITES_HANDLERS = {
 
 def handlers(suite: str) -> dict:
     """The stage table of a suite."""
-    return TEXT_HANDLERS if suite == "text" else HANDLERS
+    return TEXT_HANDLERS if suite in ("text", "lm") else HANDLERS
 
 
 # stages that never touch a model: no device to check

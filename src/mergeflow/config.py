@@ -217,10 +217,10 @@ def _check_names_and_paths(cfg: Config) -> None:
         raise MergeflowError(f"{src}: name = {raw['name']!r}: must be a name of letters, digits and _ . + -")
     arch = raw["model"]["arch"]
     # a text base may be a Hugging Face Hub id, owner/name (a name for the Hub, never a path here)
-    parts = str(arch).split("/", 1) if cfg.suite == "text" else [str(arch)]
+    parts = str(arch).split("/", 1) if cfg.suite != "vision" else [str(arch)]
     if not all(SAFE_NAME.fullmatch(part) and not part.startswith(".") for part in parts):
         raise MergeflowError(f"{src}: model.arch = {arch!r}: must be a name of letters, digits and _ . + -"
-                             + (" (or a Hub id, owner/name)" if cfg.suite == "text" else ""))
+                             + (" (or a Hub id, owner/name)" if cfg.suite != "vision" else ""))
     if cfg.suite == "vision" and config_file(arch) is None:
         raise MergeflowError(f"{src}: model.arch = {arch!r}: unknown architecture (ours: mf-vit-micro, mf-vit-small, "
                              "...; open_clip's: ViT-B-32, ViT-B-16, ViT-L-14, ...)")
@@ -260,7 +260,7 @@ def _check_semantics(cfg: Config) -> None:
     if bad is not None:
         raise MergeflowError(f"{src}: {bad} = {_lookup(cfg.raw, bad)!r}: must be a finite number")
     _check_names_and_paths(cfg)
-    if cfg.suite == "text":
+    if cfg.suite != "vision":  # text and lm: the text stages' suites
         # by name, not by an import statement: mergeflow.dag counts imports as code dependencies, and no vision
         # stage runs this check (the text stages import the module themselves)
         importlib.import_module("mergeflow.text.checks").check(cfg)
@@ -268,6 +268,8 @@ def _check_semantics(cfg: Config) -> None:
         if cfg.suite == "vision" and cfg.raw["finetune"].get(key) is not None:
             raise MergeflowError(f"{src}: finetune.{key} is for the text suite; the image suite counts steps "
                                  f"(finetune.steps, finetune.warmup_steps)")
+    if cfg.suite != "lm" and cfg.raw["pretrain"].get("skills_size"):
+        raise MergeflowError(f"{src}: pretrain.skills_size is for the lm suite (a causal LM's skills corpus)")
     if cfg.suite == "vision" and cfg.raw["data"].get("metrics"):
         raise MergeflowError(f"{src}: data.metrics is for the text suite; every image task is scored by accuracy")
     for task in cfg.tasks if cfg.suite == "vision" else ():

@@ -166,7 +166,7 @@ def stage_code(stage: str, root: str | Path = ".", method: str | None = None, su
     Files outside ``root`` (a package installed elsewhere than this checkout) are left out: DVC and
     Snakemake track files of the workspace only.
     """
-    table = {"text": TEXT_HANDLERS, "all": SUITES_HANDLERS}.get(suite, HANDLERS)
+    table = {"text": TEXT_HANDLERS, "lm": TEXT_HANDLERS, "all": SUITES_HANDLERS}.get(suite, HANDLERS)
     roots = ["mergeflow.cli", *(table[c][0] for c in STAGE_COMMANDS[stage])]
     if method is not None:
         roots.append(method_modules()[method])
@@ -368,13 +368,28 @@ TEXT_STAGE_DESC = {
 }
 
 
-def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
-    """The text suite's stages (``text-<stage>``): the vision DAG's shape over :data:`mergeflow.paths.TEXT`."""
-    from mergeflow.paths import TEXT as L
+LM_STAGE_DESC = {
+    **TEXT_STAGE_DESC,
+    "base": "the causal language model: shipped (mergeflow pretrain), pre-trained here by next-token prediction, or "
+            "a folder",
+    "prepare": "train/val/test sequences <s> prompt answer </s> of every generation task, with the base's tokenizer",
+    "finetune": "one expert per task: the whole language model, its loss on the answer's tokens only",
+    "exemplars": "seeded exemplar indices per generation task",
+    "reference": "the pre-trained model and the experts, each task's answers by greedy decoding, exact match",
+    "report": "the generation suite's table and regime checks: reports/lm/",
+}
 
-    code = {stage: stage_code(stage, root, suite="text") for stage in STAGE_COMMANDS
+
+def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
+    """The stages of a suite the text stages run (``text-<stage>`` or ``lm-<stage>``): the vision DAG's shape
+    over the suite's folders (:data:`mergeflow.paths.TEXT_LAYOUTS`)."""
+    from mergeflow.paths import TEXT_LAYOUTS
+
+    suite = cfg.suite
+    L, p = TEXT_LAYOUTS[suite], f"{suite}-"
+    code = {stage: stage_code(stage, root, suite=suite) for stage in STAGE_COMMANDS
             if stage not in ("merge", "import", "heads")}
-    d = TEXT_STAGE_DESC
+    d = TEXT_STAGE_DESC if suite == "text" else LM_STAGE_DESC
     base, prepared, experts = L.base.as_posix(), L.prepared_dir.as_posix(), L.experts.as_posix()
     data = cfg.raw["data"]
     glue = [t for t in cfg.tasks if text_task_kind(t) == "glue"]
@@ -382,7 +397,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     stages: dict[str, dict] = {}
     if glue and data["download"]:
         raw = [f"${{data.raw_dir}}/{t}" for t in glue]
-        stages["text-fetch"] = _stage(d["fetch"], "mergeflow fetch", [], ["data.tasks", "data.raw_dir"],
+        stages[p + "fetch"] = _stage(d["fetch"], "mergeflow fetch", [], ["data.tasks", "data.raw_dir"],
                                       code["fetch"], outs=raw)
     elif glue:
         raw = [data["local_dir"]]
@@ -394,17 +409,17 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     imported = [p.as_posix() for p in imported_folders(cfg).values()]
     # what a task is scored by moves the experts' validation scores, every scale choice and the report
     metric = ["data.metrics"] if data.get("metrics") else []
-    stages["text-base"] = _stage(d["base"], "mergeflow base", base_deps,
+    stages[p + "base"] = _stage(d["base"], "mergeflow base", base_deps,
                                  ["seed", "model", "pretrain", "data.max_length"], code["base"], outs=[base])
-    stages["text-prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
+    stages[p + "prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
                                     ["data.tasks", "data.val_fraction", "data.max_val", "data.split_seed",
                                      "data.generate", "data.max_length", *metric], code["prepare"], outs=[prepared])
-    stages["text-finetune"] = _stage(d["finetune"] if not imported else "every task's published classifier "
+    stages[p + "finetune"] = _stage(d["finetune"] if not imported else "every task's published classifier "
                                      "(model.import), checked against the base and scored on validation",
                                      "mergeflow finetune", [base, prepared, *imported],
                                      ["data.tasks", "finetune", "evaluate.batch_size", *metric,
                                       *(["model.import"] if imported else [])], code["finetune"], outs=[experts])
-    stages["text-exemplars"] = _stage(d["exemplars"], "mergeflow exemplars", [prepared], ["exemplars"],
+    stages[p + "exemplars"] = _stage(d["exemplars"], "mergeflow exemplars", [prepared], ["exemplars"],
                                       code["exemplars"], outs=[L.exemplars_dir.as_posix()])
     feature_deps = [base, experts, L.exemplars_dir.as_posix(), prepared]
     resolved = {m: METHODS[m].resolve(cfg.block(m)) for m in {*cfg.raw["merge"]["methods"], *cfg.raw["sweeps"]}}
@@ -416,7 +431,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
                 variants.append(name)
     features = L.features_dir.as_posix()
     if variants:
-        stages["text-features"] = _stage(d["features"], "mergeflow features --variant '${item.variant}'",
+        stages[p + "features"] = _stage(d["features"], "mergeflow features --variant '${item.variant}'",
                                          feature_deps, ["features", "evaluate.scale_grid"], code["features"],
                                          matrix={"variant": variants}, outs=[f"{features}/${{item.variant}}"])
     for method, sweeps in cfg.raw["sweeps"].items():
@@ -425,7 +440,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
             moved = [n for n in _needs(cfg, spec, resolved[method]) if param in (n.scale, n.count)]
             for need in moved:
                 name = _variant(cfg, method, need, param)
-                stage = f"text-features_sweep_{method}_{param}" + (f"_{need.kind}" if len(moved) > 1 else "")
+                stage = f"{p}features_sweep_{method}_{param}" + (f"_{need.kind}" if len(moved) > 1 else "")
                 stages[stage] = _stage(None, f"mergeflow features --variant '{name}'", feature_deps,
                                        ["features", "evaluate.scale_grid"], code["features"],
                                        matrix={"value": f"${{sweeps.{method}.{param}}}"},
@@ -436,7 +451,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
                          {L.evaluation(run).as_posix(): {"cache": False}}],
                 "metrics": [{L.metrics(run).as_posix(): {"cache": False}}]}
 
-    stages["text-reference"] = _stage(
+    stages[p + "reference"] = _stage(
         d["reference"], "mergeflow evaluate --model individual zeroshot", [base, experts, prepared],
         ["evaluate.batch_size", *metric], code["reference"],
         outs=[{L.evaluation(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")],
@@ -447,10 +462,10 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
         return [f"{features}/{_variant(cfg, method, need, swept)}"
                 for need in _needs(cfg, METHODS[method], resolved[method])]
 
-    merge_code = {m: stage_code("merge", root, m, suite="text") for m in resolved}
+    merge_code = {m: stage_code("merge", root, m, suite=suite) for m in resolved}
     for method in cfg.raw["merge"]["methods"]:
         spec = METHODS[method]
-        stages[f"text-merge-{method}"] = _stage(
+        stages[f"{p}merge-{method}"] = _stage(
             f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method '{method}' --evaluate",
             [*run_deps, *stats_deps(method)], [f"merge.{method}", "evaluate", *metric], merge_code[method],
             **report_files(method))
@@ -458,12 +473,12 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
         for param in sweeps:
             run = f"{method}{SWEEP_SEP}{param}-${{item.value}}"
             params = [f"merge.{method}.{k}" for k in cfg.block(method) if k != param]
-            stages[f"text-sweep_{method}_{param}"] = _stage(
+            stages[f"{p}sweep_{method}_{param}"] = _stage(
                 None, f"mergeflow merge --method '{run}' --evaluate", [*run_deps, *stats_deps(method, param)],
                 [*params, "evaluate", *metric], merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"},
                 **report_files(run))
     reports = L.reports.as_posix()
-    stages["text-report"] = _stage(d["report"], "mergeflow report",
+    stages[p + "report"] = _stage(d["report"], "mergeflow report",
                                    [f"{reports}/metrics", f"{reports}/merge", f"{reports}/evaluation", experts],
                                    ["merge", "sweeps", *metric], code["report"],
                                    outs=[{f"{reports}/report.html": {"cache": False}},
@@ -505,7 +520,7 @@ def _resolved(obj: Any, raw: dict) -> Any:
 def suite_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     """One suite's stages; read from another file than params.yaml, each command names that file
     (``mergeflow --params <file>``), its parameters are that file's and its interpolations resolved."""
-    stages = text_stages(cfg, root) if cfg.suite == "text" else dvc_stages(cfg, root)
+    stages = text_stages(cfg, root) if cfg.suite in ("text", "lm") else dvc_stages(cfg, root)
     if Path(cfg.source) == Path("params.yaml"):
         return stages
     out = {}
@@ -542,7 +557,7 @@ def render(cfg: Config, root: str | Path = ".") -> str:
     if cfg.suite == "all":
         stages = suites_stages(cfg, root)
     else:
-        stages = text_stages(cfg, root) if cfg.suite == "text" else dvc_stages(cfg, root)
+        stages = text_stages(cfg, root) if cfg.suite in ("text", "lm") else dvc_stages(cfg, root)
     body = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=120)
     # a suites file's DAG says which file it is, so that a stage run from it checks it against that file
     return HEADER + (f"{SUITES_MARK}{cfg.source}\n" if cfg.suite == "all" else "") + body

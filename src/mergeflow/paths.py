@@ -125,3 +125,7 @@ class SuiteLayout:
 
 
 TEXT = SuiteLayout("text")
+# the generation suite (suite: lm): causal language models answering generated prompts, run by the text stages
+LM = SuiteLayout("lm")
+# the suites mergeflow.stages.text runs, by name
+TEXT_LAYOUTS = {"text": TEXT, "lm": LM}

@@ -11,16 +11,17 @@ import re
 
 # The run's configuration (PARAMS: params.yaml, or the file of `--configfile`): one suite's, or a suites file
 # (mergeflow.suites) naming one configuration per suite. The vision rules read CFG and `config`; the text
-# rules TEXT_CFG (text.smk). A suite whose file is not params.yaml runs `mergeflow --params <its file>`.
+# rules TEXT_SUITE_CFGS (text.smk: the text and lm suites). A suite whose file is not params.yaml runs `mergeflow --params <its file>`.
 SUITES = mf_config.load(PARAMS) if "suites" in config else None
 if SUITES is not None:
-    VISION_CFG, TEXT_CFG = SUITES.of("vision"), SUITES.of("text")
+    VISION_CFG = SUITES.of("vision")
+    TEXT_SUITE_CFGS = [c for c in SUITES.configs if c.suite in ("text", "lm")]
     if VISION_CFG is not None:
         config.clear()
         config.update(VISION_CFG.raw)
 else:
     _one = mf_config.from_mapping(config, PARAMS)
-    VISION_CFG, TEXT_CFG = (None, _one) if _one.suite == "text" else (_one, None)
+    VISION_CFG, TEXT_SUITE_CFGS = (None, [_one]) if _one.suite in ("text", "lm") else (_one, [])
 
 
 def mergeflow_command(cfg):
@@ -28,7 +29,7 @@ def mergeflow_command(cfg):
     return "mergeflow" if os.path.normpath(cfg.source) == "params.yaml" else f"mergeflow --params {cfg.source}"
 
 
-CFG = VISION_CFG or TEXT_CFG
+CFG = VISION_CFG or TEXT_SUITE_CFGS[0]
 MF = mergeflow_command(CFG)
 TASKS = CFG.tasks
 RUNS = {run.name: run for run in CFG.merge_runs()}
@@ -73,16 +74,3 @@ def run_code(wildcards):
 
 def run_params(wildcards):
     return RUNS[wildcards.run].hparams
-
-
-# the text suite's (workflow/rules/text.smk defines TEXT_RUNS)
-def text_run_code(wildcards):
-    return mf_dag.stage_code("merge", ".", TEXT_RUNS[wildcards.run].method, suite="text")
-
-
-def text_run_stats(wildcards):
-    return [f"data/text/features/{v.name}" for v in TEXT_RUNS[wildcards.run].variants]
-
-
-def text_run_params(wildcards):
-    return TEXT_RUNS[wildcards.run].hparams

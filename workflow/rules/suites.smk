@@ -4,7 +4,7 @@ TARGETS += ["reports/suites.html", "reports/suites.csv"]
 
 rule suites_report:
     input:
-        [("reports/metrics" if c.suite == "vision" else f"reports/{c.suite}/metrics") + f"/{m}.json"
+        [f"reports/{'' if c.suite == 'vision' else c.suite + '/'}metrics/{m}.json"
          for c in SUITES.configs for m in c.raw["merge"]["methods"]],
         code=mf_dag.stage_code("report", suite="all"),
     output:

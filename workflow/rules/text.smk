@@ -1,251 +1,296 @@
-# The text suite (`suite: text`, mergeflow.stages.text): the same DAG as dvc.yaml's text-* stages, over the
-# same commands, under data/text, models/text and reports/text (mergeflow.paths.TEXT). Its own globals (TEXT_*),
-# so that a suites file runs it beside the vision rules.
-TEXT_RAW = TEXT_CFG.raw
-TEXT_MF = mergeflow_command(TEXT_CFG)
-TEXT_TASKS = TEXT_CFG.tasks
-TEXT_RUNS = {run.name: run for run in TEXT_CFG.merge_runs()}
-TEXT_VARIANTS = [v.name for v in TEXT_CFG.variants()]
-_TEXT_RES = mf_cluster.resources(TEXT_RAW["model"]["arch"], TEXT_RAW["device"])
-TEXT_THREADS = {rule: _CORES or r["cpus"] for rule, r in _TEXT_RES.items()}
-TEXT_RESOURCES = {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in _TEXT_RES.items()}
-TEXT_CODE = {stage: mf_dag.stage_code(stage, suite="text") for stage in ("fetch", "base", "prepare", "finetune",
-                                                                          "exemplars", "features", "reference",
-                                                                          "report")}
-TEXT_GLUE = [t for t in TEXT_TASKS if mf_dag.text_task_kind(t) == "glue"]
-TEXT_FETCHED = ([f"{TEXT_RAW['data']['raw_dir']}/{t}" for t in TEXT_GLUE] if TEXT_RAW["data"]["download"]
-                else [TEXT_RAW["data"]["local_dir"]] if TEXT_GLUE else [])
-_pretrained = TEXT_RAW["model"]["pretrained"]
-# a Hugging Face folder is an input unless the base stage downloads it (data.download)
-TEXT_BASE_READS = ([] if _pretrained in (None, "packaged") else
-                   ([] if TEXT_RAW["data"]["download"] else [_pretrained]) if mf_dag.is_path_like(_pretrained)
-                   else ["src/mergeflow/models/pretrained"])
-TEXT_IMPORTED = [p.as_posix() for p in mf_dag.imported_folders(TEXT_CFG).values()]
+# The suites the text stages run (mergeflow.stages.text): `suite: text` (sequence classifiers on GLUE-shaped
+# tasks) and `suite: lm` (causal language models answering generated prompts). The same DAG as dvc.yaml's
+# text-* and lm-* stages, over the same commands, under data/<suite>, models/<suite> and reports/<suite>
+# (mergeflow.paths.TEXT_LAYOUTS). One set of rules per suite of the run, named <suite>_<stage> (the `name:`
+# directive): every value a rule reads is bound when the loop defines it, so the suites never share one. A
+# `shell:` string is formatted when its job runs, after the loop has moved on: the command it runs is therefore
+# a parameter (params.mf), bound with the rest.
 
 
-TARGETS += [
-    "reports/text/report.html",
-    *expand("models/text/merged/{run}.safetensors", run=TEXT_RUNS),
-    *expand("reports/text/metrics/{model}.json", model=TEXT_CFG.models()),
-    *expand("reports/text/evaluation/{model}.json", model=TEXT_CFG.models()),
-]
+def _suite_settings(cfg):
+    """What the rules of ``cfg``'s suite read, bound now (input functions close over this dict)."""
+    raw = cfg.raw
+    res = mf_cluster.resources(raw["model"]["arch"], raw["device"])
+    glue = [t for t in cfg.tasks if mf_dag.text_task_kind(t) == "glue"]
+    pretrained = raw["model"]["pretrained"]
+    return {
+        "s": cfg.suite,
+        "cfg": cfg,
+        "raw": raw,
+        "mf": mergeflow_command(cfg),
+        "tasks": cfg.tasks,
+        "runs": {run.name: run for run in cfg.merge_runs()},
+        "variants": [v.name for v in cfg.variants()],
+        "threads": {rule: _CORES or r["cpus"] for rule, r in res.items()},
+        "resources": {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in res.items()},
+        "code": {stage: mf_dag.stage_code(stage, suite=cfg.suite) for stage in (
+            "fetch", "base", "prepare", "finetune", "exemplars", "features", "reference", "report")},
+        "glue": glue,
+        "fetched": ([f"{raw['data']['raw_dir']}/{t}" for t in glue] if raw["data"]["download"]
+                    else [raw["data"]["local_dir"]] if glue else []),
+        # a Hugging Face folder is an input unless the base stage downloads it (data.download)
+        "base_reads": ([] if pretrained in (None, "packaged") else
+                       ([] if raw["data"]["download"] else [pretrained]) if mf_dag.is_path_like(pretrained)
+                       else ["src/mergeflow/models/pretrained"]),
+        "imported": [p.as_posix() for p in mf_dag.imported_folders(cfg).values()],
+    }
 
 
-if TEXT_GLUE and TEXT_RAW["data"]["download"]:
+def _run_code(x):
+    return lambda wildcards: mf_dag.stage_code("merge", ".", x["runs"][wildcards.run].method, suite=x["s"])
 
-    rule text_fetch:
+
+def _run_stats(x):
+    return lambda wildcards: [f"data/{x['s']}/features/{v.name}" for v in x["runs"][wildcards.run].variants]
+
+
+def _run_params(x):
+    return lambda wildcards: x["runs"][wildcards.run].hparams
+
+
+for X in [_suite_settings(c) for c in TEXT_SUITE_CFGS]:
+    S, RAW = X["s"], X["raw"]
+    TARGETS += [
+        f"reports/{S}/report.html",
+        *expand(f"models/{S}/merged/{{run}}.safetensors", run=X["runs"]),
+        *expand(f"reports/{S}/metrics/{{model}}.json", model=X["cfg"].models()),
+        *expand(f"reports/{S}/evaluation/{{model}}.json", model=X["cfg"].models()),
+    ]
+
+    if X["glue"] and RAW["data"]["download"]:
+
+        rule:
+            name:
+                f"{S}_fetch"
+            input:
+                code=X["code"]["fetch"],
+            output:
+                directory(expand("{raw}/{task}", raw=RAW["data"]["raw_dir"], task=X["glue"])),
+            params:
+                mf=X["mf"],
+                tasks=X["tasks"],
+            log:
+                f"logs/{S}/fetch.log",
+            benchmark:
+                f"logs/benchmarks/{S}/fetch.tsv"
+            conda:
+                "../envs/mergeflow.yaml"
+            shell:
+                "{params.mf} fetch > {log} 2>&1"
+
+    rule:
+        name:
+            f"{S}_base"
         input:
-            code=TEXT_CODE["fetch"],
+            X["base_reads"],
+            code=X["code"]["base"],
         output:
-            directory(expand("{raw}/{task}", raw=TEXT_RAW["data"]["raw_dir"], task=TEXT_GLUE)),
+            directory(f"models/{S}/base"),
         params:
-            tasks=TEXT_TASKS,
+            mf=X["mf"],
+            model=RAW["model"],
+            pretrain=RAW["pretrain"],
+            seed=RAW["seed"],
+            max_length=RAW["data"]["max_length"],
+        threads: X["threads"]["base"]
+        resources:
+            **X["resources"]["base"],
         log:
-            "logs/text/fetch.log",
+            f"logs/{S}/base.log",
         benchmark:
-            "logs/benchmarks/text/fetch.tsv"
+            f"logs/benchmarks/{S}/base.tsv"
         conda:
             "../envs/mergeflow.yaml"
         shell:
-            f"{TEXT_MF} fetch > {{log}} 2>&1"
+            "{params.mf} base > {log} 2>&1"
 
+    rule:
+        name:
+            f"{S}_prepare"
+        input:
+            f"models/{S}/base",
+            X["fetched"],
+            code=X["code"]["prepare"],
+        output:
+            directory(f"data/{S}/prepared"),
+        params:
+            mf=X["mf"],
+            data={k: v for k, v in RAW["data"].items() if k not in ("raw_dir", "local_dir", "download")},
+        threads: X["threads"]["prepare"]
+        resources:
+            **X["resources"]["prepare"],
+        log:
+            f"logs/{S}/prepare.log",
+        benchmark:
+            f"logs/benchmarks/{S}/prepare.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} prepare > {log} 2>&1"
 
-rule text_base:
-    input:
-        TEXT_BASE_READS,
-        code=TEXT_CODE["base"],
-    output:
-        directory("models/text/base"),
-    params:
-        model=TEXT_RAW["model"],
-        pretrain=TEXT_RAW["pretrain"],
-        seed=TEXT_RAW["seed"],
-        max_length=TEXT_RAW["data"]["max_length"],
-    threads: TEXT_THREADS["base"]
-    resources:
-        **TEXT_RESOURCES["base"],
-    log:
-        "logs/text/base.log",
-    benchmark:
-        "logs/benchmarks/text/base.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} base > {{log}} 2>&1"
+    rule:
+        name:
+            f"{S}_finetune"
+        input:
+            f"models/{S}/base",
+            f"data/{S}/prepared",
+            X["imported"],
+            code=X["code"]["finetune"],
+        output:
+            directory(f"models/{S}/experts"),
+        params:
+            mf=X["mf"],
+            tasks=X["tasks"],
+            finetune=RAW["finetune"],
+            imported=RAW["model"].get("import"),
+            batch_size=RAW["evaluate"]["batch_size"],
+        threads: X["threads"]["finetune"]
+        resources:
+            **X["resources"]["finetune"],
+        log:
+            f"logs/{S}/finetune.log",
+        benchmark:
+            f"logs/benchmarks/{S}/finetune.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} finetune > {log} 2>&1"
 
+    rule:
+        name:
+            f"{S}_exemplars"
+        input:
+            f"data/{S}/prepared",
+            code=X["code"]["exemplars"],
+        output:
+            directory(f"data/{S}/exemplars"),
+        params:
+            mf=X["mf"],
+            exemplars=RAW["exemplars"],
+        resources:
+            **X["resources"]["exemplars"],
+        log:
+            f"logs/{S}/exemplars.log",
+        benchmark:
+            f"logs/benchmarks/{S}/exemplars.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} exemplars > {log} 2>&1"
 
-rule text_prepare:
-    input:
-        "models/text/base",
-        TEXT_FETCHED,
-        code=TEXT_CODE["prepare"],
-    output:
-        directory("data/text/prepared"),
-    params:
-        data={k: v for k, v in TEXT_RAW["data"].items() if k not in ("raw_dir", "local_dir", "download")},
-    threads: TEXT_THREADS["prepare"]
-    resources:
-        **TEXT_RESOURCES["prepare"],
-    log:
-        "logs/text/prepare.log",
-    benchmark:
-        "logs/benchmarks/text/prepare.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} prepare > {{log}} 2>&1"
+    rule:
+        name:
+            f"{S}_features"
+        input:
+            f"models/{S}/base",
+            f"models/{S}/experts",
+            f"data/{S}/exemplars",
+            f"data/{S}/prepared",
+            code=X["code"]["features"],
+        output:
+            directory(f"data/{S}/features/{{variant}}"),
+        wildcard_constraints:
+            variant=one_of(X["variants"]),
+        params:
+            mf=X["mf"],
+            features=RAW["features"],
+            grid=RAW["evaluate"]["scale_grid"],
+        threads: X["threads"]["features"]
+        resources:
+            **X["resources"]["features"],
+        log:
+            f"logs/{S}/features/{{variant}}.log",
+        benchmark:
+            f"logs/benchmarks/{S}/features/{{variant}}.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} features --variant {wildcards.variant:q} > {log} 2>&1"
 
+    rule:
+        name:
+            f"{S}_reference"
+        input:
+            f"models/{S}/base",
+            f"models/{S}/experts",
+            f"data/{S}/prepared",
+            code=X["code"]["reference"],
+        output:
+            f"reports/{S}/metrics/individual.json",
+            f"reports/{S}/metrics/zeroshot.json",
+            f"reports/{S}/evaluation/individual.json",
+            f"reports/{S}/evaluation/zeroshot.json",
+        params:
+            mf=X["mf"],
+            batch_size=RAW["evaluate"]["batch_size"],
+        threads: X["threads"]["reference"]
+        resources:
+            **X["resources"]["reference"],
+        log:
+            f"logs/{S}/reference.log",
+        benchmark:
+            f"logs/benchmarks/{S}/reference.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} evaluate --model individual zeroshot > {log} 2>&1"
 
-rule text_finetune:
-    input:
-        "models/text/base",
-        "data/text/prepared",
-        TEXT_IMPORTED,
-        code=TEXT_CODE["finetune"],
-    output:
-        directory("models/text/experts"),
-    params:
-        tasks=TEXT_TASKS,
-        finetune=TEXT_RAW["finetune"],
-        imported=TEXT_RAW["model"].get("import"),
-        batch_size=TEXT_RAW["evaluate"]["batch_size"],
-    threads: TEXT_THREADS["finetune"]
-    resources:
-        **TEXT_RESOURCES["finetune"],
-    log:
-        "logs/text/finetune.log",
-    benchmark:
-        "logs/benchmarks/text/finetune.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} finetune > {{log}} 2>&1"
+    rule:
+        name:
+            f"{S}_merge"
+        input:
+            f"models/{S}/base",
+            f"models/{S}/experts",
+            f"data/{S}/prepared",
+            f"reports/{S}/metrics/individual.json",
+            _run_stats(X),
+            code=_run_code(X),
+        output:
+            f"models/{S}/merged/{{run}}.safetensors",
+            f"reports/{S}/merge/{{run}}.json",
+            f"reports/{S}/metrics/{{run}}.json",
+            f"reports/{S}/evaluation/{{run}}.json",
+        wildcard_constraints:
+            run=one_of(X["runs"]),
+        params:
+            mf=X["mf"],
+            hparams=_run_params(X),
+            evaluate=RAW["evaluate"],
+        threads: X["threads"]["merge"]
+        resources:
+            **X["resources"]["merge"],
+        log:
+            f"logs/{S}/merge/{{run}}.log",
+        benchmark:
+            f"logs/benchmarks/{S}/merge/{{run}}.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
 
-
-rule text_exemplars:
-    input:
-        "data/text/prepared",
-        code=TEXT_CODE["exemplars"],
-    output:
-        directory("data/text/exemplars"),
-    params:
-        exemplars=TEXT_RAW["exemplars"],
-    resources:
-        **TEXT_RESOURCES["exemplars"],
-    log:
-        "logs/text/exemplars.log",
-    benchmark:
-        "logs/benchmarks/text/exemplars.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} exemplars > {{log}} 2>&1"
-
-
-rule text_features:
-    input:
-        "models/text/base",
-        "models/text/experts",
-        "data/text/exemplars",
-        "data/text/prepared",
-        code=TEXT_CODE["features"],
-    output:
-        directory("data/text/features/{variant}"),
-    wildcard_constraints:
-        variant=one_of(TEXT_VARIANTS),
-    params:
-        features=TEXT_RAW["features"],
-        grid=TEXT_RAW["evaluate"]["scale_grid"],
-    threads: TEXT_THREADS["features"]
-    resources:
-        **TEXT_RESOURCES["features"],
-    log:
-        "logs/text/features/{variant}.log",
-    benchmark:
-        "logs/benchmarks/text/features/{variant}.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} features --variant {{wildcards.variant:q}} > {{log}} 2>&1"
-
-
-rule text_reference:
-    input:
-        "models/text/base",
-        "models/text/experts",
-        "data/text/prepared",
-        code=TEXT_CODE["reference"],
-    output:
-        "reports/text/metrics/individual.json",
-        "reports/text/metrics/zeroshot.json",
-        "reports/text/evaluation/individual.json",
-        "reports/text/evaluation/zeroshot.json",
-    params:
-        batch_size=TEXT_RAW["evaluate"]["batch_size"],
-    threads: TEXT_THREADS["reference"]
-    resources:
-        **TEXT_RESOURCES["reference"],
-    log:
-        "logs/text/reference.log",
-    benchmark:
-        "logs/benchmarks/text/reference.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} evaluate --model individual zeroshot > {{log}} 2>&1"
-
-
-rule text_merge:
-    input:
-        "models/text/base",
-        "models/text/experts",
-        "data/text/prepared",
-        "reports/text/metrics/individual.json",
-        text_run_stats,
-        code=text_run_code,
-    output:
-        "models/text/merged/{run}.safetensors",
-        "reports/text/merge/{run}.json",
-        "reports/text/metrics/{run}.json",
-        "reports/text/evaluation/{run}.json",
-    wildcard_constraints:
-        run=one_of(TEXT_RUNS),
-    params:
-        hparams=text_run_params,
-        evaluate=TEXT_RAW["evaluate"],
-    threads: TEXT_THREADS["merge"]
-    resources:
-        **TEXT_RESOURCES["merge"],
-    log:
-        "logs/text/merge/{run}.log",
-    benchmark:
-        "logs/benchmarks/text/merge/{run}.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} merge --method {{wildcards.run:q}} --evaluate > {{log}} 2>&1"
-
-
-rule text_report:
-    input:
-        expand("reports/text/metrics/{model}.json", model=TEXT_CFG.models()),
-        expand("reports/text/merge/{run}.json", run=TEXT_RUNS),
-        expand("reports/text/evaluation/{model}.json", model=TEXT_CFG.models()),
-        "models/text/experts",
-        code=TEXT_CODE["report"],
-    output:
-        "reports/text/report.html",
-        "reports/text/results.csv",
-    params:
-        merge=TEXT_RAW["merge"],
-        sweeps=TEXT_RAW["sweeps"],
-    resources:
-        **TEXT_RESOURCES["report"],
-    log:
-        "logs/text/report.log",
-    benchmark:
-        "logs/benchmarks/text/report.tsv"
-    conda:
-        "../envs/mergeflow.yaml"
-    shell:
-        f"{TEXT_MF} report > {{log}} 2>&1"
+    rule:
+        name:
+            f"{S}_report"
+        input:
+            expand(f"reports/{S}/metrics/{{model}}.json", model=X["cfg"].models()),
+            expand(f"reports/{S}/merge/{{run}}.json", run=X["runs"]),
+            expand(f"reports/{S}/evaluation/{{model}}.json", model=X["cfg"].models()),
+            f"models/{S}/experts",
+            code=X["code"]["report"],
+        output:
+            f"reports/{S}/report.html",
+            f"reports/{S}/results.csv",
+        params:
+            mf=X["mf"],
+            merge=RAW["merge"],
+            sweeps=RAW["sweeps"],
+        resources:
+            **X["resources"]["report"],
+        log:
+            f"logs/{S}/report.log",
+        benchmark:
+            f"logs/benchmarks/{S}/report.tsv"
+        conda:
+            "../envs/mergeflow.yaml"
+        shell:
+            "{params.mf} report > {log} 2>&1"

@@ -27,7 +27,7 @@ from mergeflow.config import Config, Variant
 from mergeflow.device import resolve
 from mergeflow.errors import MergeflowError
 from mergeflow.families import Family
-from mergeflow.families.hf_folder import family_of, read_folder
+from mergeflow.families.hf_folder import family_of, read_folder, with_padding
 from mergeflow.features.exemplars import sample_exemplars
 from mergeflow.features.stats import TaskStats
 from mergeflow.features.tokens import token_fisher, token_gradient
@@ -55,7 +55,15 @@ from mergeflow.text.train import predict, pretrain_mlm
 from mergeflow.workers import cpu_cores, run_jobs, threads_per_job
 from mergeflow.workspace import is_path_like
 
+# The folders of the suite the stages work in: data/text, models/text, reports/text for the text suite, the same
+# under lm/ for the generation suite (mergeflow.paths.TEXT_LAYOUTS). Each stage entry sets it from its
+# configuration (_enter): a stage is one process running one suite, and the helpers read it from here.
 L = paths.TEXT
+
+
+def _enter(cfg: Config) -> None:
+    global L
+    L = paths.TEXT_LAYOUTS[cfg.suite]
 
 
 def _hf() -> Family:
@@ -83,6 +91,7 @@ def _raw_folder(cfg: Config, task: str) -> Path | None:
 def fetch(cfg: Config, tasks: list[str]) -> list[Path]:
     """Download every GLUE task of ``tasks`` into ``<raw_dir>/<task>/`` (generated tasks need nothing: they are
     drawn when prepared; your copies in ``data.local_dir`` are read in place)."""
+    _enter(cfg)
     from mergeflow.text.glue import download_glue
 
     out = []
@@ -102,7 +111,7 @@ def fetch(cfg: Config, tasks: list[str]) -> list[Path]:
 
 
 # --- base ------------------------------------------------------------------------------------------------------
-def _pretrained_mlm(cfg: Config, steps: int | None = None):
+def _pretrained_base(cfg: Config, steps: int | None = None):
     """Pre-training of ``model.arch`` on the generated corpus (not the tasks' sentences), with a word-level
     tokenizer trained on that corpus: masked LM for an encoder, next-token prediction for a decoder (whose
     tokenizer also knows the generation tasks' words, :func:`mergeflow.text.generation.vocabulary`, which the
@@ -124,9 +133,10 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
     schedule = {"steps": int(p["steps"]), "batch_size": int(p["batch_size"]), "lr": float(p["lr"]),
                 "weight_decay": float(p["weight_decay"]), "warmup_steps": int(p["warmup_steps"]),
                 "seed": int(p["seed"]), "device": resolve(cfg.device), "stop_after": steps, "log_every": 1}
+    skills = generation.skills_corpus(int(p.get("skills_size") or 0), seed=int(p["corpus_seed"])) if decoder else []
     if decoder:  # a pair is one text: a causal model reads it left to right
         lm = family.build(config)
-        texts = [*corpus, *(f"{a} {b}" for a, b in pairs)]
+        texts = [*corpus, *(f"{a} {b}" for a, b in pairs), *skills]
         log = causal.train(lm, causal.encode_answers(tokenizer, texts, [None] * len(texts), length),
                            answers_only=False, **schedule)
     else:
@@ -144,9 +154,11 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
     # the body (a decoder's tied output projection is its token table, saved once)
     body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()
             if k.startswith(prefix) and family.unit(k).kind != "excluded"}
-    digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs)]).encode()).hexdigest()
-    record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": {"count": len(corpus), "pairs": len(pairs),
-              "seed": int(p["corpus_seed"]), "sha256": digest}, "max_length": int(cfg.raw["data"]["max_length"]),
+    digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs), *skills]).encode()).hexdigest()
+    corpus_record = {"count": len(corpus), "pairs": len(pairs), **({"skills": len(skills)} if skills else {}),
+                     "seed": int(p["corpus_seed"]), "sha256": digest}
+    record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": corpus_record,
+              "max_length": int(cfg.raw["data"]["max_length"]),
               "tokenizer_words": tokenizer.get_vocab_size(), "loss": [e["loss"] for e in log]}
     return body, config, tokenizer, record
 
@@ -154,7 +166,7 @@ def _pretrained_mlm(cfg: Config, steps: int | None = None):
 def pretrain(cfg: Config, tag: str, out_dir: Path | None = None, steps: int | None = None) -> Path:
     """``mergeflow pretrain`` for a text architecture: weights, tokenizer and log the project can ship
     (``model.pretrained: <tag>`` loads them); ``steps`` stops early, to check a run starts as recorded."""
-    body, _, tokenizer, record = _pretrained_mlm(cfg, steps)
+    body, _, tokenizer, record = _pretrained_base(cfg, steps)
     files = shipped_files(cfg.raw["model"]["arch"], tag, out_dir)
     files["weights"].parent.mkdir(parents=True, exist_ok=True)
     save_tensors(files["weights"], body)
@@ -169,6 +181,7 @@ def pretrain(cfg: Config, tag: str, out_dir: Path | None = None, steps: int | No
 def base(cfg: Config) -> Path:
     """``models/text/base/``: ``model.safetensors`` (the encoder body), ``config.json``, ``tokenizer.json``
     and ``log.json``, pre-trained here, shipped, packaged or read from a Hugging Face folder."""
+    _enter(cfg)
     from mergeflow.families.hf_folder import shapes
     from mergeflow.models.packaged import extract, get_packaged
 
@@ -177,7 +190,7 @@ def base(cfg: Config) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".base.", dir=L.base.parent))
     try:
         if pretrained is None:
-            body, config, tokenizer, log = _pretrained_mlm(cfg)
+            body, config, tokenizer, log = _pretrained_base(cfg)
             save_tensors(tmp / "model.safetensors", body)
             tokenizer.save(str(tmp / "tokenizer.json"))
         elif pretrained == "packaged":
@@ -247,16 +260,6 @@ def _config() -> dict:
     return read_json(L.base / "config.json")
 
 
-def with_padding(config: dict) -> dict:
-    """A decoder's config with a padding id: GPT-2 and LLaMA-style checkpoints often have none, and a sequence
-    classifier reads each sequence's last token before the padding. The end-of-text token pads, as FusionBench's
-    GPT-2 GLUE experts were trained (their ``pad_token_id`` is GPT-2's ``eos_token_id``, 50256)."""
-    if config.get("pad_token_id") is not None or config.get("eos_token_id") is None:
-        return config
-    eos = config["eos_token_id"]
-    return {**config, "pad_token_id": eos[0] if isinstance(eos, list) else eos}
-
-
 def _classifier(task: str):
     """``task``'s model holding the base's body: a sequence classifier (its head newly initialised), or for a
     generation task the base's causal language model."""
@@ -283,6 +286,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 # --- data --------------------------------------------------------------------------------------------------------
 def prepare(cfg: Config, task: str) -> Path:
     """``data/text/prepared/<task>/{train,val,test}.safetensors``: token ids with the base's tokenizer."""
+    _enter(cfg)
     d = cfg.raw["data"]
     check_matches(load_tokenizer(L.tokenizer()), int(_config()["vocab_size"]), str(L.tokenizer()))
     target = L.prepared(task)
@@ -307,6 +311,7 @@ def _split(task: str, split: str) -> dict[str, np.ndarray]:
 
 def exemplars(cfg: Config, task: str, seed: int | None = None) -> Path:
     """``data/text/exemplars/<task>.json``: a seeded list of ``exemplars.pool`` train indices."""
+    _enter(cfg)
     seed = cfg.exemplars.seed if seed is None else seed
     n_train = int(read_json(L.prepared(task) / "manifest.json")["sizes"]["train"])
     indices = sample_exemplars(n_train, cfg.exemplars.pool, seed)
@@ -376,6 +381,7 @@ def finetune(cfg: Config, task: str) -> Path:
     """``models/text/experts/<task>.safetensors``: every weight of the base's body and a new head trained on
     the task (the GLUE recipe), and ``<task>.log.json`` with the loss curve and the validation score; with
     ``model.import``, the task's published classifier instead (:func:`_import_expert`)."""
+    _enter(cfg)
     folder = imported_folders(cfg).get(task)
     if folder is not None:
         return _import_expert(cfg, task, folder)
@@ -407,6 +413,7 @@ def finetune(cfg: Config, task: str) -> Path:
 def finetune_tasks(cfg: Config, tasks: list[str]) -> list[Path]:
     """One expert per task: on CPU side by side in worker processes (a width-128 model keeps two threads
     busy no better than one), on a GPU one after the other in this process."""
+    _enter(cfg)
     workers = 1
     if resolve(cfg.device).type == "cpu" and not imported_folders(cfg):
         workers = min(len(tasks), max(1, cpu_cores() // threads_per_job(len(cfg.tasks))))
@@ -445,6 +452,7 @@ def features(cfg: Config, task: str, variant: str) -> Path:
     """Statistics ``variant`` of ``task`` on its first n exemplars: token Grams and energies, the diagonal
     Fisher (Fisher merging) or mean absolute gradients (TATR) of the body; a grid variant is one file per
     non-zero value of ``evaluate.scale_grid``."""
+    _enter(cfg)
     v = Variant.parse(variant)
     if not v.is_grid:
         return _features_at(cfg, task, v, v.scale_value, L.features(variant, task))
@@ -557,6 +565,7 @@ def _normalised(scores: dict[str, float], experts: dict[str, float]) -> float:
 def merge(cfg: Config, run_name: str) -> Path:
     """Merge the experts' bodies with one configured run (an ``auto`` scale chosen on validation, as for the
     vision suite); ``models/text/merged/<run>.safetensors`` holds the body, the heads stay the experts'."""
+    _enter(cfg)
     run = cfg.run(run_name)
     spec = METHODS[run.method]
     pre = _pre(cfg.tasks[0])
@@ -608,13 +617,13 @@ def merge(cfg: Config, run_name: str) -> Path:
     inputs.update({str(L.expert(t)): hash_file(L.expert(t)) for t in cfg.tasks})
     if spec.task_aware:  # a shared part and a per-task part, in one file (as for images)
         tensors, layout = merged.to_tensors()
-        save_tensors(L.merged(run.name), tensors, {"run": run.name, "method": run.method, "suite": "text",
+        save_tensors(L.merged(run.name), tensors, {"run": run.name, "method": run.method, "suite": cfg.suite,
                                                    "task_aware": layout})
     else:
         save_tensors(L.merged(run.name), {k: v.contiguous() for k, v in merged.items()},
-                     {"run": run.name, "method": run.method, "suite": "text"})
+                     {"run": run.name, "method": run.method, "suite": cfg.suite})
     write_json(L.merge_report(run.name), {
-        "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper, "suite": "text",
+        "run": run.name, "method": run.method, "pretty": spec.pretty, "paper": spec.paper, "suite": cfg.suite,
         "hyperparameters": run.hparams, "sweep": list(run.sweep) if run.sweep else None, "scale": info,
         "variants": [v.name for v in run.variants], "wall_s": round(wall, 3), "diagnostics": diagnostics,
         "inputs": inputs, "model_sha256": hash_file(L.merged(run.name))})
@@ -624,6 +633,7 @@ def merge(cfg: Config, run_name: str) -> Path:
 def evaluate(cfg: Config, model_name: str) -> Path:
     """Each task's GLUE headline on its test split, with the task's own head: ``zeroshot`` is the pre-trained
     body with the experts' heads, ``individual`` the experts, else a merge run's body."""
+    _enter(cfg)
     test = _Scorer(cfg, cfg.tasks, "test")
     inputs = {}
     if model_name == "zeroshot":
@@ -656,7 +666,7 @@ def evaluate(cfg: Config, model_name: str) -> Path:
             numbers["scale"] = report["scale"]["value"]
     numbers["score"] = scores
     numbers["metric"] = {t: task_metric(cfg.raw, t) for t in cfg.tasks}
-    record = {"model": model_name, "suite": "text", "inputs": inputs,
+    record = {"model": model_name, "suite": cfg.suite, "inputs": inputs,
               "count": {t: _size(test.data[t]) for t in cfg.tasks}}
     if model_name == "individual":
         pre = _pre(cfg.tasks[0])

@@ -1,4 +1,4 @@
-"""What a text-suite configuration must hold beyond the schema: text tasks, a text architecture, sequence
+"""What a text- or lm-suite configuration must hold beyond the schema: text tasks, a text architecture, sequence
 lengths its positions allow, and merge methods the text path implements."""
 
 from __future__ import annotations
@@ -41,25 +41,27 @@ def unsupported_for_generation(method: str) -> str | None:
 
 
 def _check_generation(cfg, src: str) -> None:
-    """Generation tasks need a causal LM as the base, and every task of the run must be one."""
+    """The lm suite's tasks are generation tasks answered by a causal LM; the text suite's are not."""
     from mergeflow.families import family_for_model_type
     from mergeflow.text.models import TEXT_ARCHS
 
-    generative = [t for t in cfg.tasks if TEXT_TASKS[t].generative]
-    if not generative:
+    lm = cfg.suite == "lm"
+    wrong = [t for t in cfg.tasks if TEXT_TASKS[t].generative != lm]
+    if wrong:
+        raise MergeflowError(f"{src}: data.tasks: {wrong[0]!r} is "
+                             + ("not a generation task; the lm suite's tasks are answered by a causal language model "
+                                f"({', '.join(t for t in TEXT_TASKS if TEXT_TASKS[t].generative)})" if lm else
+                                "a generation task: set suite: lm (the text suite classifies and scores sequences)"))
+    if not lm:
         return
-    others = [t for t in cfg.tasks if not TEXT_TASKS[t].generative]
-    if others:
-        raise MergeflowError(f"{src}: data.tasks mixes generation tasks ({generative[0]}) with classification or "
-                             f"regression tasks ({others[0]}): a run merges one kind of model")
     arch = cfg.raw["model"]["arch"]
     if arch in TEXT_ARCHS and family_for_model_type(TEXT_ARCHS[arch]["model_type"], arch).name != "hf-decoder":
-        raise MergeflowError(f"{src}: model.arch = {arch!r} is an encoder; generation tasks ({generative[0]}) need a "
-                             "causal language model (e.g. mf-llama-small)")
+        raise MergeflowError(f"{src}: model.arch = {arch!r} is an encoder; the lm suite's tasks need a causal "
+                             "language model (e.g. mf-llama-small)")
     for method in [*cfg.raw["merge"]["methods"], *cfg.raw["sweeps"]]:
         why = unsupported_for_generation(method)
         if why is not None:
-            raise MergeflowError(f"{src}: merge.methods: {method!r} is not available for generation tasks: {why}")
+            raise MergeflowError(f"{src}: merge.methods: {method!r} is not available for the lm suite: {why}")
 
 
 def check(cfg) -> None:

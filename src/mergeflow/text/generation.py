@@ -100,8 +100,45 @@ TASKS: dict[str, Callable[[np.random.Generator], Example]] = {
     "lookup": lookup, "arithmetic": arithmetic, "reversal": reversal, "sorting": sorting,
     "translation": translation, "polarity": polarity,
 }
-PROMPT_WORDS = ["facts", "has", "question", "compute", "+", "-", "=", "reverse", "sort", "translate",
+PROMPT_WORDS = ["facts", "has", "question", "plus", "minus", "list", "read", "backwards", "numbers", "from", "small",
+                "big", "so", "other", "language", "word", "compute", "+", "-", "=", "reverse", "sort", "translate",
                 "review", "label", "positive", "negative", ":"]
+
+
+def skills_corpus(count: int, seed: int = 0) -> list[str]:
+    """Pre-training text about what the tasks ask, in its own wordings (never a task's prompt): sums and
+    differences stated in words, lists read backwards or put in order, people and what they have (told twice),
+    the made-up language's words one at a time, which words are positive or negative. As a language model's
+    corpus holds arithmetic, lists and dictionaries, so that fine-tuning teaches a format, not a skill from
+    nothing; no example is drawn by a task's generator."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"skills")])
+    out = []
+    for _ in range(count):
+        kind = int(rng.integers(6))
+        if kind == 0:
+            a, b = int(rng.integers(10)), int(rng.integers(10))
+            out.append(f"{a} plus {b} is {a + b} ." if rng.random() < 0.5 else
+                       f"{max(a, b)} minus {min(a, b)} is {max(a, b) - min(a, b)} .")
+        elif kind == 1:
+            words = _distinct(rng, L.all_nouns(), int(rng.integers(2, 6)))
+            out.append(f"the list {' '.join(words)} read backwards is {' '.join(reversed(words))} .")
+        elif kind == 2:
+            digits = [str(int(d)) for d in rng.integers(10, size=int(rng.integers(2, 6)))]
+            out.append(f"the numbers {' '.join(digits)} from small to big are {' '.join(sorted(digits))} .")
+        elif kind == 3:
+            n = int(rng.integers(2, 5))
+            names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
+            told = " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
+            again = int(rng.integers(n))
+            out.append(f"{told} so {names[again]} has the {things[again]} .")
+        elif kind == 4:
+            word = _pick(rng, _TRANSLATED)
+            out.append(f"in the other language {word} is {LEXICON[word]} .")
+        else:
+            positive = rng.random() < 0.5
+            word = _pick(rng, L.POSITIVE if positive else L.NEGATIVE)
+            out.append(f"{word} is a {'positive' if positive else 'negative'} word .")
+    return out
 
 
 def generate(task: str, split: str, count: int, seed: int = 0) -> list[Example]:

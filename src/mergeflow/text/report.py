@@ -1,5 +1,6 @@
-"""The text suite's report: every model's GLUE headline per task, the papers' regime checked, and the
-seeds' GLUE claims (LOT's Table 15 order) tested one by one — ``reports/text/``."""
+"""The text suites' reports: every model's headline per task and the regime checked — for the text suite the
+papers' regime and the seeds' GLUE claims (LOT's Table 15 order) tested one by one (``reports/text/``), for the
+generation suite its own regime and the rule each method applied to the tied token table (``reports/lm/``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mergeflow.io import atomic_path, read_json
 from mergeflow.merge import METHODS
 from mergeflow.text.tasks import task_metric
 
-L = paths.TEXT
+L = paths.TEXT  # the suite's folders: set from the configuration by build_text_report
 # LOT Merging's Table 15 (RoBERTa, 8 GLUE tasks, average): the order the paper reports
 PAPER_ORDER = [("lot", 63.13), ("cat", 62.56), ("pcb", 59.59), ("task_arithmetic", 58.34), ("ties", 47.42)]
 # LOT Merging's Table 15 (RoBERTa-base on GLUE's validation splits; CoLA Matthews, STS-B the Pearson/Spearman mean),
@@ -66,6 +67,16 @@ def paper_table(cfg: Config) -> dict:
 
 # the papers' regime (issue 29): what makes merging on this suite comparable to theirs
 REGIME = {"experts_min": 85.0, "ratio_max": 0.05, "ta_gain_min": 10.0, "gap_min": 5.0}
+# the generation suite's regime (issue 30): experts that answer, and task arithmetic neither lost nor perfect,
+# so that methods have room to differ
+LM_REGIME = {"experts_min": 80.0, "ta_normalized": (50.0, 95.0)}
+# what each method does with a tied token table (algorithms.md §8, §9); any other method: its rule for any tensor
+TIED_TABLE_RULES = {
+    "lot": "both roles: per row, the closed form over lookup counts and the output projection's input Gram",
+    "cat": "lookup role only: the task vectors' rows summed untrimmed",
+    "regmean": "the experts' tables averaged (a lookup has no input Gram; the projection's Gram is not used)",
+}
+OTHER_TABLE_RULE = "the method's rule for any tensor, applied to the table's task vectors"
 
 
 def _metrics(name: str) -> dict | None:
@@ -87,8 +98,18 @@ def rows(cfg: Config) -> list[dict]:
 
 
 def regime(cfg: Config, table: list[dict]) -> list[dict]:
-    """The regime's four checks with their measured values."""
+    """The regime's checks with their measured values (the text suite's four, the generation suite's two)."""
     by = {r["model"]: r for r in table}
+    if cfg.suite == "lm":
+        low, high = LM_REGIME["ta_normalized"]
+        checks = [{"check": f"experts' mean exact match >= {LM_REGIME['experts_min']:g}",
+                   "value": by["individual"]["average"],
+                   "held": by["individual"]["average"] >= LM_REGIME["experts_min"]}]
+        if "task_arithmetic" in by:
+            ta = by["task_arithmetic"]["normalized"]
+            checks.append({"check": f"task arithmetic's normalised score between {low:g} and {high:g} %",
+                           "value": ta, "held": low <= ta <= high})
+        return checks
     ratios = read_json(L.evaluation("individual")).get("task_vector_ratio", {})
     # one model for every task: not the references, not a task-aware result (EMR: a part per task)
     single = [r for r in table if r["model"] not in ("zeroshot", "individual")
@@ -111,8 +132,11 @@ def regime(cfg: Config, table: list[dict]) -> list[dict]:
     return checks
 
 
-def claims(table: list[dict]) -> list[dict]:
-    """Each neighbouring pair of LOT's Table 15 order, where both methods ran."""
+def claims(cfg: Config, table: list[dict]) -> list[dict]:
+    """Each neighbouring pair of LOT's Table 15 order, where both methods ran (RoBERTa on GLUE: the text suite
+    only)."""
+    if cfg.suite != "text":
+        return []
     by = {r["model"]: r for r in table}
     present = [(m, paper) for m, paper in PAPER_ORDER if m in by]
     out = []
@@ -145,6 +169,8 @@ def _csv(cfg: Config, table: list[dict]) -> str:
 def paper_rows(cfg: Config, table: list[dict]) -> list[dict]:
     """The published table's row and ours for each of its models that ran (:func:`paper_table`), on the GLUE
     tasks both have (none when the run's tasks are not GLUE's)."""
+    if cfg.suite != "text":
+        return []
     ours = {r["model"]: r for r in table}
     published = paper_table(cfg)["rows"]
     shared = [t for t in cfg.tasks if all(t in row for row in published.values())]
@@ -184,6 +210,8 @@ def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]
                           for c in checks)
     claims_html = "".join(f"<li>{e(c['claim'])}: ours {e(c['ours'])} — {'held' if c['held'] else 'failed'}</li>"
                           for c in tested) or "<li>no pair of the paper's methods ran</li>"
+    if cfg.suite == "lm":
+        return _lm_html(cfg, head, body, checks_html)
     skipped_html = "".join(f"<li>{e(x['run'])}, task {e(x['task'])}: {e(x['why'])}</li>" for x in skipped)
     skipped_html = f"<h2>Not applicable</h2><ul>{skipped_html}</ul>" if skipped else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mergeflow — {e(cfg.raw['name'])} (text)</title>"
@@ -199,10 +227,29 @@ def _html(cfg: Config, table: list[dict], checks: list[dict], tested: list[dict]
             f"{_paper_html(cfg, paper_rows(cfg, table))}{skipped_html}</body></html>")
 
 
+def _lm_html(cfg: Config, head: str, body: str, checks_html: str) -> str:
+    e = html.escape
+    methods = [r.method for r in cfg.merge_runs() if r.method in cfg.raw["merge"]["methods"]]
+    rules = "".join(f"<li>{e(m)}: {e(TIED_TABLE_RULES.get(m, OTHER_TABLE_RULE))}</li>" for m in dict.fromkeys(methods))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mergeflow — {e(cfg.raw['name'])} (lm)</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}td:first-child{text-align:left}</style></head><body>"
+            f"<h1>Generation suite: {e(cfg.raw['name'])}</h1><p>Base {e(str(cfg.raw['model']['arch']))} "
+            f"({e(str(cfg.raw['model']['pretrained']))}); each task's test prompts answered by greedy decoding and "
+            "scored by exact match; the whole language model is merged (no per-task head); <i>zeroshot</i> is the "
+            "pre-trained model; normalised = mean over tasks of merged / expert.</p>"
+            f"<table><tr><th>model</th>{head}<th>mean</th><th>normalised</th><th>scale</th></tr>{body}</table>"
+            f"<h2>The suite's regime</h2><ul>{checks_html}</ul>"
+            f"<h2>The tied token table</h2><p>Input and output embeddings are one table; each method's rule for it:"
+            f"</p><ul>{rules}</ul></body></html>")
+
+
 def build_text_report(cfg: Config) -> Path:
-    """``reports/text/results.csv`` and ``reports/text/report.html``."""
+    """``reports/<suite>/results.csv`` and ``reports/<suite>/report.html`` (text or lm)."""
+    global L
+    L = paths.TEXT_LAYOUTS[cfg.suite]
     table = rows(cfg)
-    checks, tested = regime(cfg, table), claims(table)
+    checks, tested = regime(cfg, table), claims(cfg, table)
     L.reports.mkdir(parents=True, exist_ok=True)
     page = _html(cfg, table, checks, tested, left_out(cfg))
     for name, text in (("results.csv", _csv(cfg, table)), ("report.html", page)):
