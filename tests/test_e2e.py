@@ -687,6 +687,7 @@ def test_the_text_report_scores_every_run_by_its_tasks_metric_and_checks_the_reg
 
 def test_the_lm_report_scores_answers_by_exact_match_and_names_each_methods_table_rule(suites_ws):
     import csv
+    import html
 
     from mergeflow import config
     from mergeflow.io import load_tensors
@@ -697,8 +698,8 @@ def test_the_lm_report_scores_answers_by_exact_match_and_names_each_methods_tabl
     assert set(rows) == set(cfg.models())
     metrics = json.loads((ws / "reports/lm/metrics/cat.json").read_text())
     assert metrics["metric"] == {"sorting": "exact_match", "polarity": "exact_match"}
-    page = (ws / "reports/lm/report.html").read_text()
-    assert "The suite's regime" in page and "experts' mean exact match &gt;= 80" in page
+    page = html.unescape((ws / "reports/lm/report.html").read_text())
+    assert "The suite's regime" in page and "experts' mean exact match >= 80" in page
     assert "lot: both roles" in page and "cat: lookup role only" in page
     merged = load_tensors(ws / "models/lm/merged/lot.safetensors")  # the whole language model, its table once
     assert "model.embed_tokens.weight" in merged and "lm_head.weight" not in merged
