@@ -223,3 +223,48 @@ def test_the_answers_the_stages_score_are_greedy_decodings_of_the_prepared_promp
 def test_a_bad_generation_configuration_is_one_line_naming_it(tmp_path, edit, words):
     with pytest.raises(MergeflowError, match=re.escape(words)):
         _load(tmp_path, edit)
+
+
+def test_published_causal_lm_experts_are_imported_checked_and_merged(tmp_path, monkeypatch):
+    """``model.import`` on the lm suite: Hugging Face causal-LM folders (save_pretrained) as the experts of a
+    base folder, checked against it; another architecture is one line naming both, nothing written."""
+    from conftest import perturbed
+    from mergeflow.stages import text
+
+    tok = train_word_tokenizer(["the dog sees the cat ."], [*language.vocabulary(), *G.vocabulary()])
+    base = _llama(tok.get_vocab_size())
+    base.save_pretrained(tmp_path / "hub" / "base")
+    tok.save(str(tmp_path / "hub" / "base" / "tokenizer.json"))
+    body = {k: v for k, v in base.state_dict().items() if k != "lm_head.weight"}
+    for i, task in enumerate(("sorting", "polarity")):
+        expert = _llama(tok.get_vocab_size())
+        expert.load_state_dict({**expert.state_dict(), **perturbed(body, i, scale=0.02)})
+        expert.save_pretrained(tmp_path / "hub" / "experts" / task)
+    _gpt2(tok.get_vocab_size()).save_pretrained(tmp_path / "hub" / "other" / "sorting")
+    monkeypatch.chdir(tmp_path)
+
+    def imported(root):
+        return _load(tmp_path, lambda r: (r["model"].update({"arch": "tiny/llama", "pretrained": "hub/base",
+                                                             "import": {"format": "hf", "root": root}}),
+                                          r["merge"].update({"methods": ["task_arithmetic", "lot"]}),
+                                          r.__setitem__("sweeps", {})))
+
+    cfg = imported("hub/experts")
+    text.base(cfg)
+    for task in cfg.tasks:
+        text.prepare(cfg, task)
+        text.exemplars(cfg, task)
+        text.finetune(cfg, task)
+        saved = load_tensors(tmp_path / "models/lm/experts" / f"{task}.safetensors")
+        published = load_tensors(tmp_path / "hub/experts" / task / "model.safetensors")
+        assert set(saved) == set(published) and all(torch.equal(saved[k], published[k]) for k in saved)
+    for variant in cfg.variants():
+        for task in cfg.tasks:
+            text.features(cfg, task, variant.name)
+    text.evaluate(cfg, "individual")
+    for run in cfg.merge_runs():
+        text.merge(cfg, run.name)
+    other = imported("hub/other")
+    with pytest.raises(MergeflowError, match=r"expert 'sorting' \(hub/other/sorting\): a gpt2 model \(hf-decoder\), "
+                                             r"the base a llama model"):
+        text.finetune(other, "sorting")

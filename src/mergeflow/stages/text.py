@@ -343,10 +343,16 @@ def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, devi
 
 
 def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
-    """A published sequence classifier of ``task`` (a Hugging Face folder) as the task's expert, checked
-    against the base: another architecture, a body of other shapes, or a head of another size, is one line and
-    nothing is written."""
-    config, state = read_folder(folder, get_text_task(task).num_outputs)
+    """A published sequence classifier of ``task`` (a Hugging Face folder) — for a generation task, a causal
+    LM — as the task's expert, checked against the base: another architecture, a body of other shapes, or a head
+    of another size, is one line and nothing is written."""
+    from mergeflow.families.hf_folder import load, read_config
+
+    if get_text_task(task).generative:  # the whole language model, keyed as the base's (a tied table once)
+        config = read_config(folder)
+        state = _weights(load(folder)) if config.get("model_type") == _config().get("model_type") else {}
+    else:
+        config, state = read_folder(folder, get_text_task(task).num_outputs)
     ours = _config().get("model_type")
     if config.get("model_type") != ours:
         raise MergeflowError(f"expert {task!r} ({folder}): a {config.get('model_type')} model "
