@@ -20,7 +20,7 @@ from mergeflow.errors import MergeflowError
 from mergeflow.io import load_tensors, read_json
 from mergeflow.text import generation as G
 from mergeflow.text import language
-from mergeflow.text.causal import answer_loss, encode_answers, greedy_answers, targets, train
+from mergeflow.text.causal import encode_answers, greedy_answers, targets, train
 from mergeflow.text.metrics import exact_match
 from mergeflow.text.tokenize import load_tokenizer, train_word_tokenizer
 
@@ -96,10 +96,10 @@ def test_sequences_put_the_targets_on_the_answer_and_its_end(tok):
         encode_answers(tok, ["sort : 3 1 ="], ["1 3"], 6)
 
 
-def test_answer_loss_is_the_cross_entropy_of_the_answer_tokens(tok):
+def test_the_fine_tuning_loss_is_the_cross_entropy_of_the_answer_tokens(tok):
     model = _llama(tok.get_vocab_size())
     arrays = encode_answers(tok, ["sort : 3 1 =", "reverse : dog cup ="], ["1 3", "cup dog"], 16)
-    loss = answer_loss(model, arrays, np.array([0, 1]))
+    loss = model(**targets(arrays, np.array([0, 1]), answers_only=True)).loss  # what train() minimises
     logits = model(input_ids=torch.from_numpy(arrays["input_ids"].astype(np.int64))).logits
     picked = []
     for row in range(2):

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from mergeflow.errors import MergeflowError
 from mergeflow.text.tokenize import pad_id
-from mergeflow.text.train import _schedule
+from mergeflow.text.train import LossLog, optimizer_step
+from mergeflow.train.schedule import cosine_with_warmup
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -77,37 +77,22 @@ def train(model, arrays: dict[str, np.ndarray], *, answers_only: bool, steps: in
     torch.manual_seed(seed)  # dropout, where a configuration has some
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = _schedule(opt, warmup_steps, steps)
+    sched = cosine_with_warmup(opt, warmup_steps, steps)
     n = len(arrays["input_ids"])
     if batch_size > n:
         raise MergeflowError(f"train: a batch of {batch_size} sequences from {n}")
     order, cursor = rng.permutation(n), 0
-    log, running = [], 0.0
     last = steps if stop_after is None else min(steps, stop_after)
+    log = LossLog(log_every, last)
     for step in tqdm(range(last), desc="causal LM", unit="step", mininterval=5.0, leave=False):
         if cursor + batch_size > n:
             order, cursor = rng.permutation(n), 0
         batch = targets(arrays, np.sort(order[cursor:cursor + batch_size]), answers_only)
         cursor += batch_size
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        running += float(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == last:
-            log.append({"step": step + 1, "loss": running / ((step % log_every) + 1)})
-            running = 0.0
-    return log
-
-
-def answer_loss(model, arrays: dict[str, np.ndarray], index: np.ndarray, device="cpu") -> torch.Tensor:
-    """The mean cross-entropy of the answers' tokens of rows ``index`` (differentiable)."""
-    batch = targets(arrays, index, answers_only=True)
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten().to(device),
-                           ignore_index=-100)
+        optimizer_step(model, opt, sched, loss, grad_clip)
+        log.add(step, loss)
+    return log.entries
 
 
 def _cache_keyword(model) -> str:

@@ -3,20 +3,35 @@ experts, and prediction. Plain loops over token tensors (AdamW, linear warm-up t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mergeflow.train.schedule import cosine_with_warmup
 
-def _schedule(optimizer, warmup: int, steps: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def optimizer_step(model, optimizer, schedule, loss: torch.Tensor, grad_clip: float) -> None:
+    """One training step of the text models: gradients, the norm clipped to ``grad_clip``, AdamW, the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    schedule.step()
+
+
+class LossLog:
+    """The loss curve a training run records: the mean loss of every ``every`` steps, and of the steps since the
+    last entry when the run ends at step ``last``."""
+
+    def __init__(self, every: int, last: int):
+        self.every, self.last, self.entries, self._running = every, last, [], 0.0
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self._running += float(loss.detach())
+        if (step + 1) % self.every == 0 or step + 1 == self.last:
+            self.entries.append({"step": step + 1, "loss": self._running / ((step % self.every) + 1)})
+            self._running = 0.0
 
 
 def token_batch(arrays: dict[str, np.ndarray], index: np.ndarray, device) -> dict[str, torch.Tensor]:
@@ -54,27 +69,20 @@ def pretrain_mlm(model, arrays: dict[str, np.ndarray], *, steps: int, batch_size
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = _schedule(opt, warmup_steps, steps)
+    sched = cosine_with_warmup(opt, warmup_steps, steps)
     special = torch.tensor(special_ids)
     vocab = model.config.vocab_size
     n = len(arrays["input_ids"])
-    log, running = [], 0.0
-    for step in tqdm(range(steps if stop_after is None else min(steps, stop_after)), desc="pretrain", unit="step",
-                     mininterval=5.0):
+    last = steps if stop_after is None else min(steps, stop_after)
+    log = LossLog(log_every, last)
+    for step in tqdm(range(last), desc="pretrain", unit="step", mininterval=5.0):
         batch = token_batch(arrays, np.sort(rng.choice(n, size=batch_size, replace=False)), "cpu")
         inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_token, vocab, gen)
         batch["input_ids"] = inputs
         out = model(**{k: v.to(device) for k, v in batch.items()}, labels=labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running += float(out.loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps or step + 1 == stop_after:
-            log.append({"step": step + 1, "loss": running / ((step % log_every) + 1)})
-            running = 0.0
-    return log
+        optimizer_step(model, opt, sched, out.loss, 1.0)
+        log.add(step, out.loss)
+    return log.entries
 
 
 def finetune(model, arrays: dict[str, np.ndarray], labels: np.ndarray, *, steps: int, batch_size: int, lr: float,
@@ -86,10 +94,10 @@ def finetune(model, arrays: dict[str, np.ndarray], labels: np.ndarray, *, steps:
     torch.manual_seed(seed)  # dropout
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = _schedule(opt, warmup_steps, steps)
+    sched = cosine_with_warmup(opt, warmup_steps, steps)
     regression = model.config.num_labels == 1
     n = len(labels)
-    log, running = [], 0.0
+    log = LossLog(log_every, steps)
     order = rng.permutation(n)
     cursor = 0
     for step in tqdm(range(steps), desc="finetune", unit="step", mininterval=5.0, leave=False):
@@ -100,16 +108,9 @@ def finetune(model, arrays: dict[str, np.ndarray], labels: np.ndarray, *, steps:
         logits = model(**token_batch(arrays, index, device)).logits
         target = torch.from_numpy(labels[index]).to(device)
         loss = F.mse_loss(logits.squeeze(-1), target.float()) if regression else F.cross_entropy(logits, target.long())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        running += float(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            log.append({"step": step + 1, "loss": running / ((step % log_every) + 1)})
-            running = 0.0
-    return log
+        optimizer_step(model, opt, sched, loss, grad_clip)
+        log.add(step, loss)
+    return log.entries
 
 
 @torch.inference_mode()
