@@ -260,7 +260,7 @@ def _config() -> dict:
     return read_json(L.base / "config.json")
 
 
-def _classifier(task: str):
+def _task_model(task: str):
     """``task``'s model holding the base's body: a sequence classifier (its head newly initialised), or for a
     generation task the base's causal language model."""
     from mergeflow.families.hf_folder import load
@@ -362,7 +362,7 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
         check_inputs(_pre(task), {task: _hf().merged_part(state)})
     except MergeflowError as exc:
         raise MergeflowError(str(exc).replace(f"expert {task!r}:", f"expert {task!r} ({folder}):", 1)) from None
-    model = _classifier(task)
+    model = _task_model(task)
     model.load_state_dict({**model.state_dict(), **state})
     val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
     files = _folder_hashes(folder)
@@ -397,7 +397,7 @@ def finetune(cfg: Config, task: str) -> Path:
         torch.set_num_threads(threads_per_job(len(cfg.tasks)))
     # the head's initialisation: one seed per task, whatever the order tasks are trained in
     torch.manual_seed(int(f["seed"]) * 1000003 + zlib.crc32(task.encode()))
-    model = _classifier(task)
+    model = _task_model(task)
     train = _split(task, "train")
     steps, warmup = schedule_length(f, _size(train))
     schedule = {"steps": steps, "batch_size": int(f["batch_size"]), "lr": float(f["lr"]),
@@ -432,7 +432,7 @@ def _finetune_job(raw: dict, source: str, task: str) -> Path:
 
 def _pre(task: str) -> dict[str, torch.Tensor]:
     """The base body under the classifier's parameter names (what experts and merges are keyed by)."""
-    return _hf().merged_part(_weights(_classifier(task)))
+    return _hf().merged_part(_weights(_task_model(task)))
 
 
 def load_expert(task: str) -> dict[str, torch.Tensor]:
@@ -445,7 +445,7 @@ def load_expert(task: str) -> dict[str, torch.Tensor]:
 # --- statistics --------------------------------------------------------------------------------------------------
 def _scaled(task: str, scale: float):
     """The expert's classifier at ``θ_pre + scale · T_task`` (its own head)."""
-    model = _classifier(task)
+    model = _task_model(task)
     expert = load_expert(task)
     body = _hf().merged_part(_weights(model))
     new = {k: (body[k].float() + scale * (expert[k].float() - body[k].float())).to(body[k].dtype)
@@ -529,7 +529,7 @@ class _Scorer:
     """Every task's classifier built once; a body and the task's own expert head scored on a split."""
 
     def __init__(self, cfg: Config, tasks: list[str], split: str):
-        self.models = {t: _classifier(t) for t in tasks}
+        self.models = {t: _task_model(t) for t in tasks}
         self.heads = {t: _hf().heads(load_expert(t)) for t in tasks}
         self.data = {t: _split(t, split) for t in tasks}
         self.metrics = {t: task_metric(cfg.raw, t) for t in tasks}
@@ -548,7 +548,7 @@ def _task_data(cfg: Config, spec, hp: dict, val: _Scorer | None, experts: dict) 
     the state dicts the merge already read)."""
     models = {}
     for t in cfg.tasks:
-        model = _classifier(t)
+        model = _task_model(t)
         model.load_state_dict({**model.state_dict(), **_hf().heads(experts[t])})
         models[t] = model
     split = hp.get("unlabeled", "test")
