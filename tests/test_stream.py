@@ -146,14 +146,14 @@ def test_a_merge_that_fails_midway_leaves_no_output(decoder_files, tmp_path, mon
 
 def test_the_header_follows_safetensors_layout_for_mixed_dtypes(tmp_path):
     """bf16, float32 and int64 tensors: the header (order, offsets, padding) equals safetensors' own."""
-    from mergeflow.merge.stream import _header
+    from mergeflow.safetensors_file import header_for
 
     tensors = {"b.weight": torch.zeros(3, 5, dtype=torch.bfloat16), "a.weight": torch.zeros(2, dtype=torch.float32),
                "c.index": torch.arange(3), "d.half": torch.zeros(7, dtype=torch.float16)}
     save_tensors(tmp_path / "ref.safetensors", tensors, {"x": "1"})
     info = {k: ({torch.bfloat16: "BF16", torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}[v.dtype],
                 list(v.shape)) for k, v in tensors.items()}
-    header, _ = _header(sorted(tensors), info, {"mergeflow": json.dumps({"x": "1"})})
+    header, _ = header_for(sorted(tensors), info, {"mergeflow": json.dumps({"x": "1"})})
     assert (tmp_path / "ref.safetensors").read_bytes()[:len(header)] == header
 
 

@@ -109,6 +109,26 @@ class Family:
         """The per-task head tensors of ``state`` (each task keeps its expert's)."""
         return {k: v for k, v in state.items() if self.unit(k).kind == "head"}
 
+    def layer_groups(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` grouped by numbered block (``...layers.7.``, ``...resblocks.7.``, ``...h.7.``), in order of
+        first appearance; every other key alone, but a token table together with the output projection it may
+        be tied to (both have a row per vocabulary entry): what a streamed merge or a statistics pass holds
+        in memory at a time."""
+        present = set(keys)
+        partner = {}
+        for key in keys:
+            site = self.unit(key).output_site
+            if site is not None and site in present:
+                partner[site] = key
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            m = _BLOCK.match(key)
+            groups.setdefault(m.group(1) if m else partner.get(key, key), []).append(key)
+        return list(groups.values())
+
+
+_BLOCK = re.compile(r"^(.*?\.\d+)\.")  # the numbered block a parameter belongs to
+
 
 @cache
 def _unit(family: Family, key: str) -> Unit:

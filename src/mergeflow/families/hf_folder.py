@@ -135,8 +135,8 @@ def load(folder: str | Path, num_labels: int | None = None):
     not the model twice.
     """
     from mergeflow.io import read_json
-    from mergeflow.merge.stream import open_weights
     from mergeflow.models.community import _hf_state
+    from mergeflow.safetensors_file import open_weights
 
     folder = Path(folder)
     config = read_json(folder / "config.json")

@@ -165,7 +165,7 @@ def write_token_stats(model: nn.Module, batches, family, out: str | Path, *, lay
     statistics are ever in memory (a LLaMA-8B layer's Grams are ~1 GB in float32; the model's, 32 GB).
 
     Each pass runs every batch through the model with hooks on ``layers_per_pass`` groups of sites only (a
-    numbered block, or a token table with its output projection: :func:`mergeflow.merge.stream.layer_groups`)
+    numbered block, or a token table with its output projection: :meth:`mergeflow.families.Family.layer_groups`)
     and saves them; the parts are then joined one tensor at a time. The result is the same bytes as
     ``save_tensors(out, collect_token_stats(...).to_tensors(), metadata)``; the price is one forward pass over
     the batches per pass. ``batches`` must be iterable more than once (a list).
@@ -173,11 +173,11 @@ def write_token_stats(model: nn.Module, batches, family, out: str | Path, *, lay
     import tempfile
 
     from mergeflow.io import save_tensors
-    from mergeflow.merge.stream import concatenate, layer_groups
+    from mergeflow.safetensors_file import concatenate
 
     if layers_per_pass < 1:
         raise MergeflowError(f"statistics: layers_per_pass must be at least 1, not {layers_per_pass}")
-    groups = layer_groups(list(observed_sites(model, family)), family)
+    groups = family.layer_groups(list(observed_sites(model, family)))
     passes = [sum(groups[i:i + layers_per_pass], []) for i in range(0, len(groups), layers_per_pass)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
