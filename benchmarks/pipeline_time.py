@@ -7,6 +7,7 @@ and the total. Run it in a fresh clone with the package installed:
     python benchmarks/pipeline_time.py            # the whole default pipeline
     python benchmarks/pipeline_time.py --json out.json
     python benchmarks/pipeline_time.py --markdown section.md   # the docs/benchmarks.md entry, as written
+    python benchmarks/pipeline_time.py --startup               # each stage module's import time, no dvc run
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="also write the stage times to this JSON file")
     parser.add_argument("--markdown", default=None, help="also write a docs/benchmarks.md section to this file")
+    parser.add_argument("--startup", action="store_true",
+                        help="only time each stage's start-up: a fresh interpreter importing the module it runs")
+    parser.add_argument("--repeats", type=int, default=3, help="--startup: best of this many runs")
     args, extra = parser.parse_known_args()
+    if args.startup:
+        startup(args.repeats)
+        return
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
     dvc = Path(sys.executable).with_name("dvc")
     start = time.perf_counter()
@@ -53,6 +60,33 @@ def main() -> None:
     if args.markdown:
         Path(args.markdown).write_text(markdown(stages, total, code))
     sys.exit(code)
+
+
+def startup(repeats: int) -> None:
+    """Wall time of a fresh interpreter that imports what a stage's process imports before its work: the
+    stage module of every entry of ``mergeflow.cli``'s stage tables, beside an empty interpreter and one that
+    imports torch alone (the floor of every stage that touches a tensor). Best of ``repeats``."""
+    from mergeflow import cli
+
+    modules: dict[str, list[str]] = {}
+    for prefix, table in (("", cli.HANDLERS), ("text/lm ", cli.TEXT_HANDLERS), ("suites ", cli.SUITES_HANDLERS)):
+        for stage, (module, _) in table.items():
+            modules.setdefault(module, []).append(prefix + stage)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def best(code: str) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, env=env)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows = [("(empty interpreter)", "pass", ""), ("(torch alone)", "import torch", "")]
+    rows += [(m, f"import {m}", ", ".join(stages)) for m, stages in modules.items()]
+    print(f"start-up, best of {repeats} (s):")
+    for name, code, stages in rows:
+        print(f"  {best(code):6.2f}  {name}" + (f"  ({stages})" if stages else ""), flush=True)
 
 
 def markdown(stages: dict[str, float], total: float, code: int) -> str:
