@@ -50,4 +50,6 @@ def test_undefined_references_and_bad_shapes_are_one_line_errors():
         accuracy(PREDS[:3], LABELS)
     with pytest.raises(MergeflowError, match="metric: no examples"):
         accuracy([], [])
-    assert set(METRICS) == {"accuracy", "f1_accuracy", "matthews", "pearson_spearman", "exact_match"}
+    assert set(METRICS) == {"accuracy", "f1_accuracy", "matthews", "pearson_spearman", "exact_match", "external"}
+    with pytest.raises(MergeflowError, match="metric: this task is scored outside mergeflow"):
+        METRICS["external"](PREDS, LABELS)

@@ -393,7 +393,9 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     base, prepared, experts = L.base.as_posix(), L.prepared_dir.as_posix(), L.experts.as_posix()
     data = cfg.raw["data"]
     glue = [t for t in cfg.tasks if text_task_kind(t) == "glue"]
-    raw = []
+    local = [t for t in cfg.tasks if text_task_kind(t) == "calibration"]  # read from local_dir, never fetched
+    scored = not local  # calibration tasks: the merged models are scored outside mergeflow
+    raw = [data["local_dir"]] if local else []
     stages: dict[str, dict] = {}
     if glue and data["download"]:
         raw = [f"${{data.raw_dir}}/{t}" for t in glue]
@@ -414,8 +416,9 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     stages[p + "prepare"] = _stage(d["prepare"], "mergeflow prepare", [base, *raw],
                                     ["data.tasks", "data.val_fraction", "data.max_val", "data.split_seed",
                                      "data.generate", "data.max_length", *metric], code["prepare"], outs=[prepared])
-    stages[p + "finetune"] = _stage(d["finetune"] if not imported else "every task's published classifier "
-                                     "(model.import), checked against the base and scored on validation",
+    published = ("every task's published model (model.import), checked against the base" if not scored else
+                 "every task's published classifier (model.import), checked against the base and scored on validation")
+    stages[p + "finetune"] = _stage(d["finetune"] if not imported else published,
                                      "mergeflow finetune", [base, prepared, *imported],
                                      ["data.tasks", "finetune", "evaluate.batch_size", *metric,
                                       *(["model.import"] if imported else [])], code["finetune"], outs=[experts])
@@ -447,16 +450,20 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
                                        outs=[f"{features}/{name}"])
 
     def report_files(run: str) -> dict:
+        if not scored:
+            return {"outs": [L.merged(run).as_posix(), {L.merge_report(run).as_posix(): {"cache": False}}]}
         return {"outs": [L.merged(run).as_posix(), {L.merge_report(run).as_posix(): {"cache": False}},
                          {L.evaluation(run).as_posix(): {"cache": False}}],
                 "metrics": [{L.metrics(run).as_posix(): {"cache": False}}]}
 
-    stages[p + "reference"] = _stage(
-        d["reference"], "mergeflow evaluate --model individual zeroshot", [base, experts, prepared],
-        ["evaluate.batch_size", *metric], code["reference"],
-        outs=[{L.evaluation(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")],
-        metrics=[{L.metrics(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")])
-    run_deps = [base, experts, prepared, L.metrics("individual").as_posix()]
+    if scored:
+        stages[p + "reference"] = _stage(
+            d["reference"], "mergeflow evaluate --model individual zeroshot", [base, experts, prepared],
+            ["evaluate.batch_size", *metric], code["reference"],
+            outs=[{L.evaluation(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")],
+            metrics=[{L.metrics(m).as_posix(): {"cache": False}} for m in ("individual", "zeroshot")])
+    run_deps = [base, experts, prepared, *([L.metrics("individual").as_posix()] if scored else [])]
+    evaluate = " --evaluate" if scored else ""
 
     def stats_deps(method: str, swept: str | None = None) -> list[str]:
         return [f"{features}/{_variant(cfg, method, need, swept)}"
@@ -466,7 +473,7 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     for method in cfg.raw["merge"]["methods"]:
         spec = METHODS[method]
         stages[f"{p}merge-{method}"] = _stage(
-            f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method '{method}' --evaluate",
+            f"{spec.pretty} ({spec.paper})", f"mergeflow merge --method '{method}'{evaluate}",
             [*run_deps, *stats_deps(method)], [f"merge.{method}", "evaluate", *metric], merge_code[method],
             **report_files(method))
     for method, sweeps in cfg.raw["sweeps"].items():
@@ -474,12 +481,12 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
             run = f"{method}{SWEEP_SEP}{param}-${{item.value}}"
             params = [f"merge.{method}.{k}" for k in cfg.block(method) if k != param]
             stages[f"{p}sweep_{method}_{param}"] = _stage(
-                None, f"mergeflow merge --method '{run}' --evaluate", [*run_deps, *stats_deps(method, param)],
+                None, f"mergeflow merge --method '{run}'{evaluate}", [*run_deps, *stats_deps(method, param)],
                 [*params, "evaluate", *metric], merge_code[method], matrix={"value": f"${{sweeps.{method}.{param}}}"},
                 **report_files(run))
     reports = L.reports.as_posix()
-    stages[p + "report"] = _stage(d["report"], "mergeflow report",
-                                   [f"{reports}/metrics", f"{reports}/merge", f"{reports}/evaluation", experts],
+    read = [f"{reports}/metrics", f"{reports}/merge", f"{reports}/evaluation"] if scored else [f"{reports}/merge"]
+    stages[p + "report"] = _stage(d["report"], "mergeflow report", [*read, experts],
                                    ["merge", "sweeps", *metric], code["report"],
                                    outs=[{f"{reports}/report.html": {"cache": False}},
                                          {f"{reports}/results.csv": {"cache": False}}])

@@ -12,6 +12,7 @@ def _suite_settings(cfg):
     raw = cfg.raw
     res = mf_cluster.resources(raw["model"]["arch"], raw["device"])
     glue = [t for t in cfg.tasks if mf_dag.text_task_kind(t) == "glue"]
+    local = [t for t in cfg.tasks if mf_dag.text_task_kind(t) == "calibration"]  # scored outside mergeflow
     pretrained = raw["model"]["pretrained"]
     return {
         "s": cfg.suite,
@@ -21,13 +22,17 @@ def _suite_settings(cfg):
         "tasks": cfg.tasks,
         "runs": {run.name: run for run in cfg.merge_runs()},
         "variants": [v.name for v in cfg.variants()],
+        "scored": not local,
+        "models": cfg.models() if not local else [],
+        # calibration tasks: merged models only, each scored by the user's own evaluation (e.g. MTEB)
+        "evaluate_flag": " --evaluate" if not local else "",
         "threads": {rule: _CORES or r["cpus"] for rule, r in res.items()},
         "resources": {rule: {k: v for k, v in r.items() if k != "cpus"} for rule, r in res.items()},
         "code": {stage: mf_dag.stage_code(stage, suite=cfg.suite) for stage in (
             "fetch", "base", "prepare", "finetune", "exemplars", "features", "reference", "report")},
         "glue": glue,
         "fetched": ([f"{raw['data']['raw_dir']}/{t}" for t in glue] if raw["data"]["download"]
-                    else [raw["data"]["local_dir"]] if glue else []),
+                    else [raw["data"]["local_dir"]] if glue or local else []),
         # a Hugging Face folder is an input unless the base stage downloads it (data.download)
         "base_reads": ([] if pretrained in (None, "packaged") else
                        ([] if raw["data"]["download"] else [pretrained]) if mf_dag.is_path_like(pretrained)
@@ -53,8 +58,8 @@ for X in [_suite_settings(c) for c in TEXT_SUITE_CFGS]:
     TARGETS += [
         f"reports/{S}/report.html",
         *expand(f"models/{S}/merged/{{run}}.safetensors", run=X["runs"]),
-        *expand(f"reports/{S}/metrics/{{model}}.json", model=X["cfg"].models()),
-        *expand(f"reports/{S}/evaluation/{{model}}.json", model=X["cfg"].models()),
+        *expand(f"reports/{S}/metrics/{{model}}.json", model=X["models"]),
+        *expand(f"reports/{S}/evaluation/{{model}}.json", model=X["models"]),
     ]
 
     if X["glue"] and RAW["data"]["download"]:
@@ -207,33 +212,35 @@ for X in [_suite_settings(c) for c in TEXT_SUITE_CFGS]:
         shell:
             "{params.mf} features --variant {wildcards.variant:q} > {log} 2>&1"
 
-    rule:
-        name:
-            f"{S}_reference"
-        input:
-            f"models/{S}/base",
-            f"models/{S}/experts",
-            f"data/{S}/prepared",
-            code=X["code"]["reference"],
-        output:
-            f"reports/{S}/metrics/individual.json",
-            f"reports/{S}/metrics/zeroshot.json",
-            f"reports/{S}/evaluation/individual.json",
-            f"reports/{S}/evaluation/zeroshot.json",
-        params:
-            mf=X["mf"],
-            batch_size=RAW["evaluate"]["batch_size"],
-        threads: X["threads"]["reference"]
-        resources:
-            **X["resources"]["reference"],
-        log:
-            f"logs/{S}/reference.log",
-        benchmark:
-            f"logs/benchmarks/{S}/reference.tsv"
-        conda:
-            "../envs/mergeflow.yaml"
-        shell:
-            "{params.mf} evaluate --model individual zeroshot > {log} 2>&1"
+    if X["scored"]:
+
+        rule:
+            name:
+                f"{S}_reference"
+            input:
+                f"models/{S}/base",
+                f"models/{S}/experts",
+                f"data/{S}/prepared",
+                code=X["code"]["reference"],
+            output:
+                f"reports/{S}/metrics/individual.json",
+                f"reports/{S}/metrics/zeroshot.json",
+                f"reports/{S}/evaluation/individual.json",
+                f"reports/{S}/evaluation/zeroshot.json",
+            params:
+                mf=X["mf"],
+                batch_size=RAW["evaluate"]["batch_size"],
+            threads: X["threads"]["reference"]
+            resources:
+                **X["resources"]["reference"],
+            log:
+                f"logs/{S}/reference.log",
+            benchmark:
+                f"logs/benchmarks/{S}/reference.tsv"
+            conda:
+                "../envs/mergeflow.yaml"
+            shell:
+                "{params.mf} evaluate --model individual zeroshot > {log} 2>&1"
 
     rule:
         name:
@@ -242,20 +249,20 @@ for X in [_suite_settings(c) for c in TEXT_SUITE_CFGS]:
             f"models/{S}/base",
             f"models/{S}/experts",
             f"data/{S}/prepared",
-            f"reports/{S}/metrics/individual.json",
+            *([f"reports/{S}/metrics/individual.json"] if X["scored"] else []),
             _run_stats(X),
             code=_run_code(X),
         output:
             f"models/{S}/merged/{{run}}.safetensors",
             f"reports/{S}/merge/{{run}}.json",
-            f"reports/{S}/metrics/{{run}}.json",
-            f"reports/{S}/evaluation/{{run}}.json",
+            *([f"reports/{S}/metrics/{{run}}.json", f"reports/{S}/evaluation/{{run}}.json"] if X["scored"] else []),
         wildcard_constraints:
             run=one_of(X["runs"]),
         params:
             mf=X["mf"],
             hparams=_run_params(X),
             evaluate=RAW["evaluate"],
+            evaluate_flag=X["evaluate_flag"],
         threads: X["threads"]["merge"]
         resources:
             **X["resources"]["merge"],
@@ -266,15 +273,15 @@ for X in [_suite_settings(c) for c in TEXT_SUITE_CFGS]:
         conda:
             "../envs/mergeflow.yaml"
         shell:
-            "{params.mf} merge --method {wildcards.run:q} --evaluate > {log} 2>&1"
+            "{params.mf} merge --method {wildcards.run:q}{params.evaluate_flag} > {log} 2>&1"
 
     rule:
         name:
             f"{S}_report"
         input:
-            expand(f"reports/{S}/metrics/{{model}}.json", model=X["cfg"].models()),
+            expand(f"reports/{S}/metrics/{{model}}.json", model=X["models"]),
             expand(f"reports/{S}/merge/{{run}}.json", run=X["runs"]),
-            expand(f"reports/{S}/evaluation/{{model}}.json", model=X["cfg"].models()),
+            expand(f"reports/{S}/evaluation/{{model}}.json", model=X["models"]),
             f"models/{S}/experts",
             code=X["code"]["report"],
         output:

@@ -48,7 +48,7 @@ from mergeflow.text import causal, generation, language, offline
 from mergeflow.text.models import TEXT_ARCHS, imported_folders, shipped_files
 from mergeflow.text.prepared import load_text_split, prepare_text_task
 from mergeflow.text.task_data import TokenTaskData, token_task_data
-from mergeflow.text.tasks import get_text_task, task_metric
+from mergeflow.text.tasks import get_text_task, scored_here, task_metric
 from mergeflow.text.tokenize import check_matches, encode, load_tokenizer, mask_id, train_word_tokenizer
 from mergeflow.text.train import finetune as train_classifier
 from mergeflow.text.train import predict, pretrain_mlm
@@ -262,14 +262,14 @@ def _config() -> dict:
 
 def _task_model(task: str):
     """``task``'s model holding the base's body: a sequence classifier (its head newly initialised), or for a
-    generation task the base's causal language model."""
+    generation or calibration task the base's causal language model."""
     from mergeflow.families.hf_folder import load
 
     t = get_text_task(task)
-    if t.generative and _hf().name != "hf-decoder":
-        raise MergeflowError(f"{L.base / 'config.json'}: a {_config().get('model_type')} model; generation task "
+    if t.causal and _hf().name != "hf-decoder":
+        raise MergeflowError(f"{L.base / 'config.json'}: a {_config().get('model_type')} model; {t.kind} task "
                              f"{task!r} needs a causal language model as the base")
-    return load(L.base, num_labels=None if t.generative else t.num_outputs)
+    return load(L.base, num_labels=None if t.causal else t.num_outputs)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -334,6 +334,9 @@ def score(model, task: str, arrays: dict[str, np.ndarray], batch_size: int, devi
     """``task``'s headline (percent; ``metric``, else its GLUE metric) of ``model`` on a prepared split: a
     generation task's answers written by greedy decoding."""
     t = get_text_task(task)
+    if t.calibration:
+        raise MergeflowError(f"{task}: a calibration task is scored outside mergeflow (its texts serve the "
+                             "statistics only)")
     if t.generative:
         written, answers = causal.exact_matches(model, load_tokenizer(L.tokenizer()), arrays, batch_size=batch_size,
                                                 device=device)
@@ -348,7 +351,7 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
     of another size, is one line and nothing is written."""
     from mergeflow.families.hf_folder import load, read_config
 
-    if get_text_task(task).generative:  # the whole language model, keyed as the base's (a tied table once)
+    if get_text_task(task).causal:  # the whole language model, keyed as the base's (a tied table once)
         config = read_config(folder)
         state = _weights(load(folder)) if config.get("model_type") == _config().get("model_type") else {}
     else:
@@ -364,7 +367,9 @@ def _import_expert(cfg: Config, task: str, folder: Path) -> Path:
         raise MergeflowError(str(exc).replace(f"expert {task!r}:", f"expert {task!r} ({folder}):", 1)) from None
     model = _task_model(task)
     model.load_state_dict({**model.state_dict(), **state})
-    val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
+    val = None  # a calibration task is scored outside mergeflow
+    if not get_text_task(task).calibration:
+        val = score(model.eval(), task, _split(task, "val"), cfg.evaluate.batch_size, "cpu", task_metric(cfg.raw, task))
     files = _folder_hashes(folder)
     save_tensors(L.expert(task), {k: v.contiguous() for k, v in _weights(model).items()},
                  {"task": task, "base_sha256": hash_file(L.base_weights())})
@@ -391,6 +396,9 @@ def finetune(cfg: Config, task: str) -> Path:
     folder = imported_folders(cfg).get(task)
     if folder is not None:
         return _import_expert(cfg, task, folder)
+    if get_text_task(task).calibration:
+        raise MergeflowError(f"{task}: a calibration task has no training data; its expert is a published model "
+                             "(model.import.tasks)")
     f = cfg.raw["finetune"]
     device = resolve(cfg.device)
     if device.type == "cpu":  # as for images: the same threads alone or beside other tasks, the same bytes
@@ -640,6 +648,9 @@ def evaluate(cfg: Config, model_name: str) -> Path:
     """Each task's GLUE headline on its test split, with the task's own head: ``zeroshot`` is the pre-trained
     body with the experts' heads, ``individual`` the experts, else a merge run's body."""
     _enter(cfg)
+    if not scored_here(cfg.tasks):
+        raise MergeflowError(f"evaluate: this run's tasks ({', '.join(cfg.tasks)}) are calibration tasks, scored "
+                             f"outside mergeflow; {L.reports / 'report.html'} (`mergeflow report`) says how")
     test = _Scorer(cfg, cfg.tasks, "test")
     inputs = {}
     if model_name == "zeroshot":

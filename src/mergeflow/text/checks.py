@@ -41,12 +41,16 @@ def unsupported_for_generation(method: str) -> str | None:
 
 
 def _check_generation(cfg, src: str) -> None:
-    """The lm suite's tasks are generation tasks answered by a causal LM; the text suite's are not."""
+    """The lm suite's tasks are generation tasks answered by a causal LM, or calibration tasks (a causal LM's
+    texts); the text suite's are neither."""
     from mergeflow.families import family_for_model_type
     from mergeflow.text.models import TEXT_ARCHS
 
     lm = cfg.suite == "lm"
-    wrong = [t for t in cfg.tasks if TEXT_TASKS[t].generative != lm]
+    wrong = [t for t in cfg.tasks if TEXT_TASKS[t].causal != lm]
+    if wrong and TEXT_TASKS[wrong[0]].calibration:
+        raise MergeflowError(f"{src}: data.tasks: {wrong[0]!r} is a calibration task (a causal LM's texts): set "
+                             "suite: lm")
     if wrong:
         raise MergeflowError(f"{src}: data.tasks: {wrong[0]!r} is "
                              + ("not a generation task; the lm suite's tasks are answered by a causal language model "
@@ -62,6 +66,33 @@ def _check_generation(cfg, src: str) -> None:
         why = unsupported_for_generation(method)
         if why is not None:
             raise MergeflowError(f"{src}: merge.methods: {method!r} is not available for the lm suite: {why}")
+    _check_calibration(cfg, src)
+
+
+def _check_calibration(cfg, src: str) -> None:
+    """A run of calibration tasks merges published experts and scores nothing itself: each task's expert is
+    imported, its texts are local, and every scale is a number (no validation split to choose one on)."""
+    calibration = [t for t in cfg.tasks if TEXT_TASKS[t].calibration]
+    if not calibration:
+        return
+    if len(calibration) != len(cfg.tasks):
+        other = next(t for t in cfg.tasks if not TEXT_TASKS[t].calibration)
+        raise MergeflowError(f"{src}: data.tasks: {other!r} is scored by mergeflow and {calibration[0]!r} is a "
+                             "calibration task, scored outside: a run holds one kind or the other")
+    raw = cfg.raw
+    if raw["data"].get("local_dir") is None or raw["data"]["download"]:
+        raise MergeflowError(f"{src}: data.local_dir must name the folder of the calibration texts "
+                             f"(<local_dir>/<task>/texts.txt) and data.download be false: they cannot be downloaded")
+    imported = (raw["model"].get("import") or {}).get("tasks") or {}
+    missing = [t for t in calibration if t not in imported]
+    if missing:
+        raise MergeflowError(f"{src}: model.import.tasks: no expert for {missing[0]!r}; a calibration task's expert "
+                             "is a published model (one Hugging Face folder per task)")
+    for run in cfg.merge_runs():
+        key = METHODS[run.method].scale
+        if key is not None and run.hparams.get(key) == "auto":
+            raise MergeflowError(f"{src}: merge.{run.method}.{key} = 'auto': calibration tasks are scored outside "
+                                 "mergeflow, so there is no validation split to choose it on; set a number")
 
 
 def check(cfg) -> None:
@@ -77,7 +108,8 @@ def check(cfg) -> None:
         t = TEXT_TASKS[task]
         fits = fitting_metrics(t)
         if metric not in fits:
-            kind = "a generation" if t.generative else "a regression" if t.regression else "a classification"
+            kind = ("a calibration" if t.calibration else "a generation" if t.generative else
+                    "a regression" if t.regression else "a classification")
             raise MergeflowError(f"{src}: data.metrics.{task} = {metric!r}: {task} is {kind} task, "
                                  f"scored by {' or '.join(fits)}")
     if "max_length" not in raw["data"]:

@@ -103,9 +103,15 @@ def exact_match(predictions, references) -> dict[str, float]:
     return {"exact_match": match, "score": match}
 
 
+def external(predictions, references) -> dict[str, float]:
+    """A calibration task's metric: it is scored outside mergeflow (e.g. by MTEB on the merged model)."""
+    raise MergeflowError("metric: this task is scored outside mergeflow (a calibration task: its texts serve "
+                         "the statistics only)")
+
+
 METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "accuracy": accuracy, "f1_accuracy": f1_accuracy, "matthews": matthews, "pearson_spearman": pearson_spearman,
-    "exact_match": exact_match,
+    "exact_match": exact_match, "external": external,
 }
 
 

@@ -36,7 +36,7 @@ def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_
     tokenizer = load_tokenizer(tokenizer_file)
     digest = hash_file(tokenizer_file)
     sizes = {}
-    for source in ("train", "test"):
+    for source in ("train",) if task.calibration else ("train", "test"):
         data = task.read(None if raw_dir is None else Path(raw_dir), source, options or {})
         if task.labels is not None and len(data) and int(data.labels.max()) >= len(task.labels):
             raise MergeflowError(f"{name}: label {int(data.labels.max())} outside 0..{len(task.labels) - 1}")
@@ -44,8 +44,11 @@ def prepare_text_task(name: str, raw_dir: Path | None, out_dir: Path, tokenizer_
             arrays = encode_answers(tokenizer, data.texts_a, list(data.labels), max_length)
         else:
             arrays = encode(tokenizer, data.texts_a, data.texts_b, max_length, pad_id)
-            arrays["labels"] = data.labels
-        if source == "test":
+            if not task.calibration:  # a calibration text has no target: it only feeds the statistics
+                arrays["labels"] = data.labels
+        if task.calibration:
+            parts = {"train": np.arange(len(data))}
+        elif source == "test":
             parts = {"test": np.arange(len(data))}
         else:
             parts = {s: split_indices(len(data), s, val_fraction, max_val, seed).numpy() for s in ("train", "val")}
@@ -64,11 +67,11 @@ def load_text_split(folder: Path, split: str, tokenizer_sha256: str | None = Non
         raise MergeflowError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     file = Path(folder) / f"{split}.safetensors"
     tensors = load_tensors(file)
-    target = "answer_mask" if "answer_mask" in tensors else "labels"
-    for key in ("input_ids", "attention_mask", target):
+    meta = load_metadata(file)
+    target = ("answer_mask" if "answer_mask" in tensors else "labels",) if meta.get("metric") != "external" else ()
+    for key in ("input_ids", "attention_mask", *target):
         if key not in tensors:
             raise MergeflowError(f"{file}: no {key!r}; not a prepared text split")
-    meta = load_metadata(file)
     if tokenizer_sha256 is not None and meta.get("tokenizer_sha256") != tokenizer_sha256:
         raise MergeflowError(f"{file}: made with another tokenizer; rerun `mergeflow prepare --task "
                              f"{meta.get('task', Path(folder).name)}`")

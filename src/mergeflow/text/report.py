@@ -14,7 +14,7 @@ from mergeflow.config import Config
 from mergeflow.errors import MergeflowError
 from mergeflow.io import atomic_path, read_json
 from mergeflow.merge import METHODS
-from mergeflow.text.tasks import task_metric
+from mergeflow.text.tasks import scored_here, task_metric
 
 L = paths.TEXT  # the suite's folders: set from the configuration by build_text_report
 # LOT Merging's Table 15 (RoBERTa, 8 GLUE tasks, average): the order the paper reports
@@ -77,6 +77,15 @@ TIED_TABLE_RULES = {
     "regmean": "the experts' tables averaged (a lookup has no input Gram; the projection's Gram is not used)",
 }
 OTHER_TABLE_RULE = "the method's rule for any tensor, applied to the table's task vectors"
+
+
+# LOT Merging's Table 16: Qwen3-0.6B-Base with its Embedding and Reranker experts, scored as an embedding model on
+# MTEB's ArguAna (nDCG@10) and ArXivHierarchicalClusteringS2S (V-measure); shown beside an unscored run on that base
+_LOT_TABLE_16 = {"title": "LOT Merging's Table 16 (Qwen3-0.6B, Embedding + Reranker experts)",
+                 "archs": ("Qwen/Qwen3-0.6B-Base",), "columns": ("ArguAna", "ArXivHierarchicalClusteringS2S"),
+                 "rows": {"individual (the Embedding expert)": (53.62, 0.6377), "task_arithmetic": (30.86, 0.6318),
+                          "lot": (47.36, 0.6374)}}
+EXTERNAL_TABLES = (_LOT_TABLE_16,)
 
 
 def _metrics(name: str) -> dict | None:
@@ -244,10 +253,77 @@ def _lm_html(cfg: Config, head: str, body: str, checks_html: str) -> str:
             f"</p><ul>{rules}</ul></body></html>")
 
 
+def merged_rows(cfg: Config) -> list[dict]:
+    """One row per merge run of a run scored outside mergeflow: what was merged and how (its merge record)."""
+    out = []
+    for run in cfg.merge_runs():
+        file = L.merge_report(run.name)
+        if not file.is_file():
+            raise MergeflowError(f"{file}: not found; run `mergeflow merge --method {run.name}`")
+        record = read_json(file)
+        out.append({"run": run.name, "method": run.method, "scale": record["scale"]["value"],
+                    "wall_s": record["wall_s"], "model": L.merged(run.name).as_posix(),
+                    "model_sha256": record["model_sha256"]})
+    return out
+
+
+def _external_html(cfg: Config, merged: list[dict]) -> str:
+    """The page of a run whose tasks are calibration tasks: the merged models, each method's rule for the token
+    table, how to score them outside mergeflow, and the published numbers to compare with."""
+    e = html.escape
+    body = "".join(f"<tr><td>{e(r['run'])}</td><td>{e(str(r['scale']))}</td><td>{r['wall_s']:.1f}</td>"
+                   f"<td>{e(r['model'])}</td><td><code>{e(r['model_sha256'][:16])}</code></td></tr>" for r in merged)
+    methods = dict.fromkeys(r["method"] for r in merged)
+    rules = "".join(f"<li>{e(m)}: {e(TIED_TABLE_RULES.get(m, OTHER_TABLE_RULE))}</li>" for m in methods)
+    example = merged[0]["run"] if merged else "lot"
+    arch = cfg.raw["model"]["arch"]
+    published = next((t for t in EXTERNAL_TABLES if arch in t["archs"]), None)
+    paper = ""
+    if published is not None:
+        cols = "".join(f"<th>{e(c)}</th>" for c in published["columns"])
+        rows_html = "".join(f"<tr><td>{e(m)}</td>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
+                            for m, values in published["rows"].items())
+        paper = (f"<h2>{e(published['title'])}</h2><p>What the paper reports for this setting; score the merged "
+                 f"models above the same way to compare.</p><table><tr><th>model</th>{cols}</tr>{rows_html}</table>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mergeflow — {e(cfg.raw['name'])} "
+            f"({e(cfg.suite)})</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:"
+            "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+            f"</style></head><body><h1>Merged language models: {e(cfg.raw['name'])}</h1>"
+            f"<p>Base {e(str(arch))} ({e(str(cfg.raw['model']['pretrained']))}); experts imported from "
+            f"model.import; the data-aware methods' statistics from each task's calibration texts "
+            f"({', '.join(e(t) for t in cfg.tasks)}). These tasks are scored outside mergeflow: no merged model "
+            "here has a score, and every scale is the configured one (there is no validation split to choose it "
+            "on).</p>"
+            "<table><tr><th>run</th><th>scale</th><th>merge s</th><th>merged weights</th><th>sha256</th></tr>"
+            f"{body}</table>"
+            "<h2>Scoring the merged models</h2><p>Each file holds the whole language model under the base's "
+            "parameter names (a tied table once). Make it a Hugging Face folder and give that to your evaluation "
+            "(for MTEB, its Qwen3-Embedding loader with the folder as the model path):</p>"
+            f"<pre>cp -r {e(L.base.as_posix())} merged-{e(example)} &amp;&amp; cp {e(L.merged(example).as_posix())} "
+            f"merged-{e(example)}/model.safetensors</pre>"
+            f"<h2>The tied token table</h2><ul>{rules}</ul>{paper}</body></html>")
+
+
+def _merged_csv(merged: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["run", "method", "scale", "wall_s", "model", "model_sha256"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(merged)
+    return buf.getvalue()
+
+
 def build_text_report(cfg: Config) -> Path:
-    """``reports/<suite>/results.csv`` and ``reports/<suite>/report.html`` (text or lm)."""
+    """``reports/<suite>/results.csv`` and ``reports/<suite>/report.html`` (text or lm; for calibration tasks,
+    scored outside mergeflow, the merged models and how to score them)."""
     global L
     L = paths.TEXT_LAYOUTS[cfg.suite]
+    if not scored_here(cfg.tasks):
+        merged = merged_rows(cfg)
+        L.reports.mkdir(parents=True, exist_ok=True)
+        for name, text in (("results.csv", _merged_csv(merged)), ("report.html", _external_html(cfg, merged))):
+            with atomic_path(L.reports / name) as tmp:
+                Path(tmp).write_text(text)
+        return L.reports / "report.html"
     table = rows(cfg)
     checks, tested = regime(cfg, table), claims(cfg, table)
     L.reports.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 
 Offline tasks are generated (:mod:`mergeflow.text.offline`); GLUE tasks are read from a local folder
 (:mod:`mergeflow.text.glue`), ``<folder>/<task>/``; generation tasks (:mod:`mergeflow.text.generation`) are
-generated prompts whose answers a causal language model writes.
+generated prompts whose answers a causal language model writes; calibration tasks are a published expert's
+texts (``<folder>/<task>/texts.txt``, one example per line), read only for the statistics of data-aware methods:
+the merged model is scored outside mergeflow (the LOT paper's Qwen3 embedding and reranker experts, scored by
+MTEB).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ class TextTask:
             generation task (its answers are texts).
         read: ``read(raw_dir, split, options) -> TextSplit`` for split train | test (a generation task's
             ``texts_a`` are its prompts, its ``labels`` the answers).
-        kind: ``offline`` (generated), ``glue`` (read from a local folder) or ``generation`` (generated prompts
-            a causal language model answers).
+        kind: ``offline`` (generated), ``glue`` (read from a local folder), ``generation`` (generated prompts
+            a causal language model answers) or ``calibration`` (texts of a causal LM's published expert, for
+            the statistics only; no split is scored here).
     """
 
     name: str
@@ -45,8 +49,17 @@ class TextTask:
         return self.kind == "generation"
 
     @property
+    def calibration(self) -> bool:
+        return self.kind == "calibration"
+
+    @property
+    def causal(self) -> bool:
+        """The task's model is the base's whole causal LM (no head of its own)."""
+        return self.kind in ("generation", "calibration")
+
+    @property
     def regression(self) -> bool:
-        return self.labels is None and not self.generative
+        return self.labels is None and not self.causal
 
     @property
     def num_outputs(self) -> int:
@@ -81,6 +94,12 @@ def task_metric(raw: dict, name: str) -> str:
     return (raw["data"].get("metrics") or {}).get(name, get_text_task(name).metric)
 
 
+def scored_here(tasks: list[str]) -> bool:
+    """Whether mergeflow scores a run of ``tasks``: not when they are calibration tasks (the merged model is
+    scored outside, e.g. by MTEB; the configuration check refuses a run that mixes the two)."""
+    return not any(get_text_task(t).calibration for t in tasks)
+
+
 # metrics that score class ids, those that score a regression's values, and those that score written answers
 CLASS_METRICS = ("accuracy", "f1_accuracy", "matthews")
 SCORE_METRICS = ("pearson_spearman",)
@@ -89,6 +108,8 @@ ANSWER_METRICS = ("exact_match",)
 
 def fitting_metrics(task: TextTask) -> tuple[str, ...]:
     """The metrics that can score ``task``'s predictions."""
+    if task.calibration:
+        return ("external",)
     return ANSWER_METRICS if task.generative else SCORE_METRICS if task.regression else CLASS_METRICS
 
 
@@ -117,9 +138,35 @@ def _glue_reader(name: str):
     return read
 
 
+CALIBRATION_FILE = "texts.txt"
+
+
+def _calibration_reader(name: str):
+    def read(raw_dir: Path, split: str, options: dict) -> TextSplit:
+        if split != "train":  # scored outside mergeflow: nothing to hold out
+            return TextSplit([], None, np.zeros(0, dtype=np.int64))
+        file = Path(raw_dir) / CALIBRATION_FILE
+        if not file.is_file():
+            raise MergeflowError(f"{file}: not found; a calibration task reads its texts there, one example a line")
+        with open(file, encoding="utf-8", errors="strict") as f:
+            texts = [line.rstrip("\n") for line in f if line.strip()]
+        if not texts:
+            raise MergeflowError(f"{file}: no text (one example a line)")
+        return TextSplit(texts, None, np.zeros(len(texts), dtype=np.int64))
+    return read
+
+
+# calibration tasks: the texts of a published expert (the LOT paper's Qwen3-Embedding and Qwen3-Reranker)
+CALIBRATION_TASKS = {
+    "embedding": "texts an embedding model encodes (queries and passages, with its instruction)",
+    "reranking": "query-document pairs in a reranker's prompt",
+}
+
 for _name, (_draw, _metric, _labels) in offline.TASKS.items():
     register_text_task(TextTask(_name, _metric, _labels, _offline_reader(_name), "offline"))
 for _name in generation.TASKS:
     register_text_task(TextTask(_name, "exact_match", None, _generation_reader(_name), "generation"))
 for _name, _task in glue.GLUE.items():
     register_text_task(TextTask(_name, _task.metric, _task.labels, _glue_reader(_name), "glue"))
+for _name in CALIBRATION_TASKS:
+    register_text_task(TextTask(_name, "external", None, _calibration_reader(_name), "calibration"))
