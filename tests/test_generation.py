@@ -140,6 +140,35 @@ def test_fine_tuning_on_answers_teaches_them(tok):
     assert before == 0.0 and after == 100.0
 
 
+def test_the_formats_corpus_has_the_tasks_formats_and_never_their_content():
+    """Each sentence is a task's prompt format over content that task never draws: a thing's owner (the task
+    asks for the thing), operators in words, digits reversed, two digits sorted, one word translated or
+    labelled. Deterministic in its seed; every word is in the tokenizer's vocabulary."""
+    sentences = G.formats_corpus(600, seed=3)
+    assert sentences == G.formats_corpus(600, seed=3) and sentences != G.formats_corpus(600, seed=4)
+    words = set(language.vocabulary()) | set(G.vocabulary())
+    seen = set()
+    for s in sentences:
+        assert set(s.split()) <= words, s
+        head, _, rest = s.partition(" : ")
+        seen.add(head)
+        if head == "facts":
+            assert " question : the " in rest and " is with " in rest
+        elif head == "compute":
+            assert (" plus " in rest or " minus " in rest) and "+" not in rest and "-" not in rest
+        elif head == "reverse":
+            assert all(w.isdigit() for w in rest.replace("=", " ").split())  # the task reverses nouns
+        elif head == "sort":
+            assert len(rest.split(" = ")[0].split()) == 2  # the task sorts three or four digits
+        elif head == "translate":
+            assert len(rest.split(" = ")[0].split()) == 1  # the task translates a phrase
+        else:
+            assert head == "review" and len(rest.split(" . label : ")[0].split()) == 1  # the task: a sentence
+    assert seen == {"facts", "compute", "reverse", "sort", "translate", "review"}
+    prompts = {f"{p} {a}" for t in G.TASKS for p, a in G.generate(t, "train", 2000)}
+    assert not prompts & set(sentences)
+
+
 # --- in the text stages ------------------------------------------------------------------------------------------
 LM_TINY = Path(__file__).resolve().parent / "e2e" / "lm-tiny.yaml"
 

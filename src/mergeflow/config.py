@@ -268,8 +268,9 @@ def _check_semantics(cfg: Config) -> None:
         if cfg.suite == "vision" and cfg.raw["finetune"].get(key) is not None:
             raise MergeflowError(f"{src}: finetune.{key} is for the text suite; the image suite counts steps "
                                  f"(finetune.steps, finetune.warmup_steps)")
-    if cfg.suite != "lm" and cfg.raw["pretrain"].get("skills_size"):
-        raise MergeflowError(f"{src}: pretrain.skills_size is for the lm suite (a causal LM's skills corpus)")
+    for key, what in (("skills_size", "skills corpus"), ("formats_size", "corpus of the tasks' formats")):
+        if cfg.suite != "lm" and cfg.raw["pretrain"].get(key):
+            raise MergeflowError(f"{src}: pretrain.{key} is for the lm suite (a causal LM's {what})")
     if cfg.suite == "vision" and cfg.raw["data"].get("metrics"):
         raise MergeflowError(f"{src}: data.metrics is for the text suite; every image task is scored by accuracy")
     for task in cfg.tasks if cfg.suite == "vision" else ():

@@ -134,9 +134,10 @@ def _pretrained_base(cfg: Config, steps: int | None = None):
                 "weight_decay": float(p["weight_decay"]), "warmup_steps": int(p["warmup_steps"]),
                 "seed": int(p["seed"]), "device": resolve(cfg.device), "stop_after": steps, "log_every": 1}
     skills = generation.skills_corpus(int(p.get("skills_size") or 0), seed=int(p["corpus_seed"])) if decoder else []
+    formats = generation.formats_corpus(int(p.get("formats_size") or 0), seed=int(p["corpus_seed"])) if decoder else []
     if decoder:  # a pair is one text: a causal model reads it left to right
         lm = family.build(config)
-        texts = [*corpus, *(f"{a} {b}" for a, b in pairs), *skills]
+        texts = [*corpus, *(f"{a} {b}" for a, b in pairs), *skills, *formats]
         log = causal.train(lm, causal.encode_answers(tokenizer, texts, [None] * len(texts), length),
                            answers_only=False, **schedule)
     else:
@@ -154,8 +155,10 @@ def _pretrained_base(cfg: Config, steps: int | None = None):
     # the body (a decoder's tied output projection is its token table, saved once)
     body = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in lm.state_dict().items()
             if k.startswith(prefix) and family.unit(k).kind != "excluded"}
-    digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs), *skills]).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join([*corpus, *(f"{a}\t{b}" for a, b in pairs), *skills, *formats]).encode()
+                            ).hexdigest()
     corpus_record = {"count": len(corpus), "pairs": len(pairs), **({"skills": len(skills)} if skills else {}),
+                     **({"formats": len(formats)} if formats else {}),
                      "seed": int(p["corpus_seed"]), "sha256": digest}
     record = {"arch": arch, "config": config, "pretrain": dict(p), "corpus": corpus_record,
               "max_length": int(cfg.raw["data"]["max_length"]),

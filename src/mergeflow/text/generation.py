@@ -141,6 +141,44 @@ def skills_corpus(count: int, seed: int = 0) -> list[str]:
     return out
 
 
+def formats_corpus(count: int, seed: int = 0) -> list[str]:
+    """Pre-training text in the tasks' prompt formats over other content than the tasks': a fact found by its
+    thing (``question : the cup is with ben``; the task asks for the thing), sums and differences with the
+    operators in words, digits reversed (the task reverses nouns), two digits sorted (the task sorts three or
+    four), one word translated (the task translates a phrase and moves its adjectives), one word's polarity (the
+    task labels a sentence). What a language model's corpus holds of instruction-shaped text, so that an expert
+    starts from a base that knows the formats; no example is drawn by a task's generator. (``pretrain.formats_size``;
+    an experiment towards the generation suite's regime, docs/benchmarks.md.)"""
+    rng = np.random.default_rng([seed, zlib.crc32(b"formats")])
+    out = []
+    for _ in range(count):
+        kind = int(rng.integers(6))
+        if kind == 0:
+            n = int(rng.integers(2, 4))
+            names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
+            told = " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
+            asked = int(rng.integers(n))
+            out.append(f"facts : {told} question : the {things[asked]} is with {names[asked]}")
+        elif kind == 1:
+            a, b = int(rng.integers(10)), int(rng.integers(10))
+            out.append(f"compute : {a} plus {b} = {a + b}" if rng.random() < 0.5 else
+                       f"compute : {max(a, b)} minus {min(a, b)} = {max(a, b) - min(a, b)}")
+        elif kind == 2:
+            digits = [str(int(d)) for d in rng.integers(10, size=int(rng.integers(2, 5)))]
+            out.append(f"reverse : {' '.join(digits)} = {' '.join(reversed(digits))}")
+        elif kind == 3:
+            digits = [str(int(d)) for d in rng.integers(10, size=2)]
+            out.append(f"sort : {' '.join(digits)} = {' '.join(sorted(digits))}")
+        elif kind == 4:
+            word = _pick(rng, L.all_nouns())
+            out.append(f"translate : {word} = {LEXICON[word]}")
+        else:
+            positive = rng.random() < 0.5
+            word = _pick(rng, L.POSITIVE if positive else L.NEGATIVE)
+            out.append(f"review : {word} . label : {'positive' if positive else 'negative'}")
+    return out
+
+
 def generate(task: str, split: str, count: int, seed: int = 0) -> list[Example]:
     """``count`` examples of ``task`` for ``split`` (train or test): deterministic in (seed, task, split)."""
     rng = np.random.default_rng([seed, *(zlib.crc32(p.encode()) for p in ("generation", task, split))])
