@@ -46,13 +46,17 @@ def _distinct(rng, xs, n: int) -> list:
     return [xs[int(i)] for i in rng.permutation(len(xs))[:n]]
 
 
+def _owners(rng, n: int) -> tuple[list[str], list[str], str]:
+    """``n`` distinct people, ``n`` distinct things, and the facts ``<name> has the <thing> .`` in one string."""
+    names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
+    return names, things, " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
+
+
 def lookup(rng) -> Example:
     """A list of three or four facts ``<name> has the <thing>``; the question repeats one fact's start (what
     the answer copies from the list, not from any knowledge the model has)."""
-    n = int(rng.integers(3, 5))
-    names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
-    facts = " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
-    asked = int(rng.integers(n))
+    names, things, facts = _owners(rng, int(rng.integers(3, 5)))
+    asked = int(rng.integers(len(names)))
     return f"facts : {facts} question : {names[asked]} has the", things[asked]
 
 
@@ -127,8 +131,7 @@ def skills_corpus(count: int, seed: int = 0) -> list[str]:
             out.append(f"the numbers {' '.join(digits)} from small to big are {' '.join(sorted(digits))} .")
         elif kind == 3:
             n = int(rng.integers(2, 5))
-            names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
-            told = " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
+            names, things, told = _owners(rng, n)
             again = int(rng.integers(n))
             out.append(f"{told} so {names[again]} has the {things[again]} .")
         elif kind == 4:
@@ -155,8 +158,7 @@ def formats_corpus(count: int, seed: int = 0) -> list[str]:
         kind = int(rng.integers(6))
         if kind == 0:
             n = int(rng.integers(2, 4))
-            names, things = _distinct(rng, L.NAMES, n), _distinct(rng, L.NOUNS["thing"] + L.NOUNS["animal"], n)
-            told = " ".join(f"{p} has the {t} ." for p, t in zip(names, things, strict=True))
+            names, things, told = _owners(rng, n)
             asked = int(rng.integers(n))
             out.append(f"facts : {told} question : the {things[asked]} is with {names[asked]}")
         elif kind == 1:
