@@ -296,9 +296,9 @@ def _external_html(cfg: Config, merged: list[dict]) -> str:
             "on).</p>"
             "<table><tr><th>run</th><th>scale</th><th>merge s</th><th>merged weights</th><th>sha256</th></tr>"
             f"{body}</table>"
-            "<h2>Scoring the merged models</h2><p>Each file holds the whole language model under the base's "
-            "parameter names (a tied table once). Make it a Hugging Face folder and give that to your evaluation "
-            "(for MTEB, its Qwen3-Embedding loader with the folder as the model path):</p>"
+            "<h2>Scoring the merged models</h2><p>Each file holds the whole causal language model under its "
+            "Hugging Face parameter names (a tied table once). Make it a Hugging Face folder and give that to your "
+            "evaluation (for MTEB, its Qwen3-Embedding loader with the folder as the model path):</p>"
             f"<pre>cp -r {e(L.base.as_posix())} merged-{e(example)} &amp;&amp; cp {e(L.merged(example).as_posix())} "
             f"merged-{e(example)}/model.safetensors</pre>"
             f"<h2>The tied token table</h2><ul>{rules}</ul>{paper}</body></html>")
