@@ -178,7 +178,8 @@ def main() -> None:
                 run = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if run.returncode != 0:
                     lines = [x.strip(" │") for x in run.stderr.strip().splitlines() if x.strip(" │")]
-                    failed[(method, library)] = " ".join(lines[-3:])[-300:]
+                    killed = f"killed by signal {-run.returncode} (out of memory?)" if run.returncode < 0 else ""
+                    failed[(method, library)] = killed or " ".join(lines[-3:])[-300:]
                     print(f"round {r + 1} {method:<17} {library:<11} failed: {failed[(method, library)]}", flush=True)
                     continue
                 figures = json.loads(run.stdout.strip().splitlines()[-1])
