@@ -393,9 +393,8 @@ def text_stages(cfg: Config, root: str | Path = ".") -> dict[str, dict]:
     base, prepared, experts = L.base.as_posix(), L.prepared_dir.as_posix(), L.experts.as_posix()
     data = cfg.raw["data"]
     glue = [t for t in cfg.tasks if text_task_kind(t) == "glue"]
-    local = [t for t in cfg.tasks if text_task_kind(t) == "calibration"]  # read from local_dir, never fetched
-    scored = not local  # calibration tasks: the merged models are scored outside mergeflow
-    raw = [data["local_dir"]] if local else []
+    scored = scored_here(cfg.tasks)  # calibration tasks, scored outside mergeflow: their texts are in local_dir
+    raw = [] if scored else [data["local_dir"]]
     stages: dict[str, dict] = {}
     if glue and data["download"]:
         raw = [f"${{data.raw_dir}}/{t}" for t in glue]
@@ -497,6 +496,13 @@ def text_task_kind(task: str) -> str:
     from mergeflow.text.tasks import get_text_task
 
     return get_text_task(task).kind
+
+
+def scored_here(tasks: list[str]) -> bool:
+    """Whether mergeflow scores a run of ``tasks`` (:func:`mergeflow.text.tasks.scored_here`)."""
+    from mergeflow.text.tasks import scored_here as scored
+
+    return scored(tasks)
 
 
 _INTERPOLATION = re.compile(r"\$\{([^}]+)\}")

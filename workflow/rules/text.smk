@@ -12,7 +12,7 @@ def _suite_settings(cfg):
     raw = cfg.raw
     res = mf_cluster.resources(raw["model"]["arch"], raw["device"])
     glue = [t for t in cfg.tasks if mf_dag.text_task_kind(t) == "glue"]
-    local = [t for t in cfg.tasks if mf_dag.text_task_kind(t) == "calibration"]  # scored outside mergeflow
+    local = not mf_dag.scored_here(cfg.tasks)  # calibration tasks: scored outside mergeflow, texts in local_dir
     pretrained = raw["model"]["pretrained"]
     return {
         "s": cfg.suite,
