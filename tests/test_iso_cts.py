@@ -87,10 +87,11 @@ def _by_full_svds(vectors, fraction):
     return (kept / r) * (polar(torch.cat(us, 1)) @ polar(torch.cat(vs, 1)).t())
 
 
-@pytest.mark.parametrize("shape", [(40, 24), (24, 40)])
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (24, 24)])
 def test_the_partial_decompositions_equal_full_svds(shape):
-    """Only the kept triplets are computed (Gram eigenpairs, polar factors from r × r Grams): the same Δ as
-    full SVDs, for a tall and a wide unit, float64 and float32."""
+    """Only the kept triplets are computed (Gram eigenpairs; a tall unit's residuals through their Grams, a
+    wide or square one's through the basis of the directions the common subspace leaves out; the task part of
+    polar(U*) alone): the same Δ as full SVDs, float64 and float32."""
     g = torch.Generator().manual_seed(3)
     common = torch.randn(shape[0], 4, generator=g, dtype=torch.float64) @ torch.randn(4, shape[1], generator=g,
                                                                                         dtype=torch.float64)

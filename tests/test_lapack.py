@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergeflow.merge.lapack import syevx_lower, syrk_lower
+from mergeflow.merge.lapack import syevd_lower, syevx_lower, syrk_lower
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -21,6 +21,26 @@ def test_syevx_lower_reads_the_lower_triangle_and_leaves_its_input(dtype):
     np.testing.assert_array_equal(given, before)
     bottom, _ = syevx_lower(given, 0, 1)
     np.testing.assert_allclose(bottom, expected_values[:2], atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_syevd_lower_reads_the_lower_triangle_and_gives_scipys_bits(dtype):
+    """The GIL-free call does what ``scipy.linalg.eigh(driver="evd")`` does, bit for bit: LOT's merged
+    weights do not move with the wrapper."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(2)
+    sym = rng.standard_normal((40, 40)).astype(dtype)
+    sym = sym + sym.T
+    given = np.tril(sym) + np.triu(rng.standard_normal((40, 40)).astype(dtype), 1)
+    before = given.copy()
+    values, vectors = syevd_lower(given)
+    expected_values, expected_vectors = scipy.linalg.eigh(given, driver="evd", check_finite=False)
+    np.testing.assert_array_equal(values, expected_values)
+    np.testing.assert_array_equal(vectors, expected_vectors)
+    np.testing.assert_array_equal(given, before)
+    np.testing.assert_allclose(sym @ vectors, vectors * values, atol=1e-3 if dtype == np.float32 else 1e-10)
+    assert syevd_lower(np.zeros((0, 0), dtype=dtype))[1].shape == (0, 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

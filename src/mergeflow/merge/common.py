@@ -9,7 +9,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mergeflow.merge.lapack import syevx_lower, syrk_lower
+from mergeflow.merge.lapack import syevd_lower, syevx_lower, syrk_lower
 
 COMPUTE = torch.float32
 CHUNK = 1 << 22  # columns per pass of the elementwise work over stacked task vectors (16 MiB a row)
@@ -123,12 +123,11 @@ def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def symmetric_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All eigenpairs of a symmetric matrix, ascending. On CPU through SciPy's LAPACK ``syevd``, faster than
-    ``torch.linalg.eigh`` there (benchmarks/merge_speed.py)."""
+    """All eigenpairs of a symmetric matrix, ascending; only its lower triangle is read. On CPU LAPACK's
+    ``syevd``, faster than ``torch.linalg.eigh`` there (benchmarks/merge_speed.py) and without the GIL
+    (:mod:`mergeflow.merge.lapack`), so units on threads run side by side."""
     if m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64):
-        import scipy.linalg
-
-        vals, vecs = scipy.linalg.eigh(m.numpy(), driver="evd", check_finite=False)
+        vals, vecs = syevd_lower(m.numpy())
         return torch.from_numpy(vals), torch.from_numpy(vecs)
     return torch.linalg.eigh(m)
 
@@ -145,6 +144,12 @@ def add_outer_lower_(m: torch.Tensor, a: torch.Tensor, alpha: float = 1.0) -> to
         syrk_lower(m.numpy(), a.numpy(), alpha)
         return m
     return m.addmm_(a, a.t(), alpha=alpha)
+
+
+def column_gram(m: torch.Tensor) -> torch.Tensor:
+    """``mᵀm`` in ``m``'s dtype, its lower triangle only where that is cheaper (CPU: BLAS ``syrk``, half the
+    flops of the product); what :func:`symmetric_eigh` and :func:`extreme_eigh` read."""
+    return add_outer_lower_(m.new_zeros(m.shape[1], m.shape[1]), m.t())
 
 
 def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +173,7 @@ def extreme_eigh(m: torch.Tensor, c: int, order: str) -> tuple[torch.Tensor, tor
 
 # An eigendecomposition of the float64 Gram is exact to float32 while σ_min / σ_max stays above this; below it
 # the Gram loses the small singular values and an SVD takes over.
-_GRAM_RCOND = 1e-5
+GRAM_RCOND = 1e-5
 
 
 def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,13 +186,14 @@ def polar_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, s = polar_factor(m.t())
         return q.t(), s
     md = m.double()
-    vals, vecs = symmetric_eigh(md.t() @ md)
+    vals, vecs = symmetric_eigh(column_gram(md))
     s = vals.clamp(min=0).sqrt().flip(0)
-    if s[-1] <= _GRAM_RCOND * s[0]:
+    if s[-1] <= GRAM_RCOND * s[0]:
         u, s, vh = torch.linalg.svd(m.to(COMPUTE), full_matrices=False)
         return u @ vh, s
     vecs = vecs.to(m.device)
-    return (md @ (vecs / vals.sqrt().to(m.device)) @ vecs.t()).to(m.dtype), s.to(m.dtype)
+    inverse_root = (vecs / vals.sqrt().to(m.device)) @ vecs.t()  # (mᵀm)^{-1/2}: r × r, one tall product left
+    return (md @ inverse_root).to(m.dtype), s.to(m.dtype)
 
 
 def isotropic(m: torch.Tensor) -> torch.Tensor:
@@ -206,10 +212,15 @@ def top_singular(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, t
         v, s, u = top_singular(m.t(), r)
         return u, s, v
     md = m.double()
-    vals, vecs = extreme_eigh(md.t() @ md, r, "top")
+    gram = column_gram(md)
+    if 3 * r > gram.shape[0]:  # a third of the spectrum or more: all of it by divide and conquer is cheaper
+        vals, vecs = symmetric_eigh(gram)
+        vals, vecs = vals[vals.shape[0] - r:], vecs[:, vecs.shape[1] - r:]
+    else:
+        vals, vecs = extreme_eigh(gram, r, "top")
     vals, vecs = vals.flip(0), vecs.flip(1).to(m.device)
     s = vals.clamp(min=0).sqrt()
-    if s[-1] <= _GRAM_RCOND * s[0] or s[0] == 0:
+    if s[-1] <= GRAM_RCOND * s[0] or s[0] == 0:
         u, s, vh = torch.linalg.svd(m.to(COMPUTE), full_matrices=False)
         return u[:, :r], s[:r], vh[:r].t()
     return (md @ (vecs / s.to(m.device))).to(m.dtype), s.to(m.dtype), vecs.to(m.dtype)

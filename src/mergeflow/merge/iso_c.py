@@ -14,4 +14,4 @@ def iso_c(pretrained, experts, stats=None, diagnostics=None, *, alpha):
     """2-D weights: ``U diag(mean σ) Vᵀ`` of ``Σ_k T_k``; other parameters: the mean task vector."""
     return merge_by_unit(pretrained, experts,
                          lambda key, items: isotropic(sum(items)) if items[0].ndim == 2 else torch.stack(items).mean(0),
-                         alpha, "Iso-C")
+                         alpha, "Iso-C", workers=None)

@@ -1,15 +1,15 @@
-"""Two LAPACK/BLAS calls that release the GIL: a subset of eigenpairs (``syevx``) and one triangle of ``A Aᵀ``
-(``syrk``).
+"""LAPACK/BLAS calls that release the GIL: all eigenpairs (``syevd``), a subset of them (``syevx``) and one
+triangle of ``A Aᵀ`` (``syrk``).
 
 SciPy's Python wrappers (``scipy.linalg.eigh``, ``scipy.linalg.blas.ssyrk``) hold the GIL while the Fortran
 code runs: two threads that call them take turns, and a thread doing torch work stalls as soon as it needs
-the interpreter. CAT runs its units on several threads, so it calls the same routines through ctypes, which
-releases the GIL for the length of a foreign call. The function pointers are the ones SciPy exports to
-Cython modules (``scipy.linalg.cython_lapack`` / ``cython_blas``): the same library SciPy itself uses,
-with 32-bit ``int`` arguments by SciPy's contract.
+the interpreter. CAT, Iso-C, Iso-CTS and TSV run their units on several threads, so this module calls the
+same routines through ctypes, which releases the GIL for the length of a foreign call. The function
+pointers are the ones SciPy exports to Cython modules (``scipy.linalg.cython_lapack`` / ``cython_blas``): the
+same library SciPy itself uses, with 32-bit ``int`` arguments by SciPy's contract.
 
-Both functions take and return row-major NumPy arrays; LAPACK sees their transposes, so "lower triangle"
-here is ``'U'`` there.
+``syevx_lower`` and ``syrk_lower`` take and return row-major NumPy arrays; LAPACK sees their transposes, so
+"lower triangle" here is ``'U'`` there. ``syevd_lower`` hands LAPACK a column-major copy, as SciPy does.
 """
 
 from __future__ import annotations
@@ -85,6 +85,33 @@ def syevx_lower(a: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
     if info.value != 0:
         raise np.linalg.LinAlgError(f"LAPACK {prefix}syevx failed (info = {info.value})")
     return values[:found.value], vectors[:found.value].T
+
+
+def syevd_lower(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenpairs (ascending) of the symmetric matrix whose lower triangle is ``a``'s, by divide and
+    conquer (``syevd``, what ``scipy.linalg.eigh(driver="evd")`` calls). ``a`` is not modified."""
+    prefix, _ = _prefix(a.dtype)
+    n = a.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=a.dtype), np.empty((0, 0), dtype=a.dtype)
+    # column-major, so that LAPACK reads the lower triangle itself ('L') as SciPy's eigh has it do: the same
+    # operations, the same bits
+    vectors = np.array(a, dtype=a.dtype, order="F", copy=True)  # overwritten by the eigenvectors
+    values = np.empty(n, dtype=a.dtype)
+    info = ctypes.c_int(0)
+    syevd = _routine("lapack", prefix + "syevd", 11)
+
+    def call(work: np.ndarray, lwork: int, iwork: np.ndarray, liwork: int) -> None:
+        _call(syevd, b"V", b"L", ctypes.c_int(n), vectors, ctypes.c_int(n), values, work, ctypes.c_int(lwork),
+              iwork, ctypes.c_int(liwork), info)
+
+    query, iquery = np.empty(1, dtype=a.dtype), np.empty(1, dtype=np.intc)
+    call(query, -1, iquery, -1)
+    lwork, liwork = max(int(query[0]), 1 + 6 * n + 2 * n * n), max(int(iquery[0]), 3 + 5 * n)
+    call(np.empty(lwork, dtype=a.dtype), lwork, np.empty(liwork, dtype=np.intc), liwork)
+    if info.value != 0:
+        raise np.linalg.LinAlgError(f"LAPACK {prefix}syevd failed (info = {info.value})")
+    return values, vectors  # column j is eigenvector j
 
 
 def syrk_lower(c: np.ndarray, a: np.ndarray, alpha: float) -> np.ndarray:

@@ -28,4 +28,4 @@ def tsv(pretrained, experts, stats=None, diagnostics=None, *, alpha):
     """2-D weights: orthogonalised task singular vectors; other parameters: the mean task vector."""
     return merge_by_unit(pretrained, experts,
                          lambda key, items: tsv_matrix(items) if items[0].ndim == 2 else torch.stack(items).mean(0),
-                         alpha, "TSV")
+                         alpha, "TSV", workers=None)
