@@ -12,9 +12,11 @@ difference between the two merged models (``max |ours − theirs|`` over a tenso
     python benchmarks/fusionbench_side_by_side.py --fusionbench-python fb-venv/bin/python
     python benchmarks/fusionbench_side_by_side.py --fusionbench-python fb-venv/bin/python --methods ties --rounds 4
 
-Only the methods that need no data: the data-aware ones (RegMean, Fisher, AdaMerging, ...) compute their
-statistics from data loaders inside FusionBench, which these inputs do not have. Where the merged weights differ,
-a line under the table says why when the reason is known (a documented decision of either library).
+The methods that need no data, and RegMean on saved random Grams (FusionBench's merge function, given the Grams
+its class would compute from data loaders); EMR, which keeps a model per task, is compared on the first task's.
+Fisher, AdaMerging and the other data-aware methods compute their statistics inside FusionBench from data
+loaders these inputs do not have. Where the merged weights differ, a line under the table says why when the
+reason is known (a documented decision of either library).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 THREADS = "2"
+EXEMPLARS = 64  # RegMean's Grams: 64 images × 50 tokens of random inputs per task (merge_speed.statistics)
+TOKENS = 50
 
 # method → (our hyper-parameters, FusionBench's class in fusion_bench.method, its arguments)
 METHODS = {
@@ -40,12 +44,21 @@ METHODS = {
     "iso_cts": ({"alpha": 1.5, "common_fraction": 0.8}, "IsotropicMergingInCommonAndTaskSubspace",
                 {"scaling_factor": 1.5, "common_space_fraction": 0.8}),
     "tsv": ({"alpha": 1.0}, "TaskSingularVectorMerging", {"alpha": 1.0}),
+    "dare": ({"alpha": 0.3, "p": 0.9, "base": "task_arithmetic"}, "DareTaskArithmetic",
+             {"scaling_factor": 0.3, "sparsity_ratio": 0.9, "only_on_linear_weights": False, "rescale": True}),
+    "emr": ({}, "emr_merging.EMRMerging", {}),  # not exported by fusion_bench.method: module.class
+    # FusionBench's RegMean class computes its Grams from data loaders; its merge function takes them given
+    "regmean": ({"a": 0.95}, "merging_with_regmean_weights", {"reduce_non_diagonal_ratio": 0.95}),
 }
+GRAMS = ("regmean",)  # the methods that read the saved Grams
+TASK_AWARE = ("emr",)  # compared on the first task's model
 # known reasons two merged models differ beyond round-off
 WHY = {
     "tsv": "FusionBench's float32 SVD (ours: the kept triplets from a float64 eigendecomposition)",
     "iso_c": "FusionBench's float32 SVD of the summed task vectors (ours: float64)",
     "iso_cts": "FusionBench's float32 SVDs (ours: float64)",
+    "dare": "the random drop masks: each library draws its own (compare the times only)",
+    "regmean": "FusionBench inverts the summed Grams in float32 (ours: a float64 Cholesky solve)",
 }
 
 
@@ -64,9 +77,23 @@ def _load(folder: Path, k: int):
     return pre, {f"task{i}": load_file(str(folder / f"task{i}.safetensors")) for i in range(k)}
 
 
-def _module(state):
+def _grams(folder: Path, k: int) -> list[dict]:
+    """Each task's saved Grams, keyed by the weight they serve."""
+    from safetensors.torch import load_file
+
+    return [load_file(str(folder / f"gram{i}.safetensors")) for i in range(k)]
+
+
+def _linear_name(key: str) -> str:
+    """FusionBench finds a linear layer's Gram by module name, ``<module>.weight`` minus ``.weight``;
+    open_clip's attention keeps its fused q/k/v matrix as ``attn.in_proj_weight``."""
+    return key[:-len("_weight")] + ".weight" if key.endswith("in_proj_weight") else key
+
+
+def _module(state, trainable: bool = False):
     """An ``nn.Module`` whose state dict is ``state`` (submodules along the dotted names), what FusionBench's
-    algorithms take."""
+    algorithms take; ``trainable``: parameters that require gradients (FusionBench's DARE merges only those,
+    as a loaded model has them)."""
     import torch
     from torch import nn
 
@@ -78,7 +105,7 @@ def _module(state):
             if not hasattr(node, part):
                 node.add_module(part, nn.Module())
             node = getattr(node, part)
-        node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+        node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=trainable))
     return root.to(torch.float32)
 
 
@@ -89,16 +116,26 @@ def worker(library: str, method: str, folder: Path, k: int, out: Path) -> None:
 
     torch.set_num_threads(int(THREADS))
     pre, experts = _load(folder, k)
+    grams = _grams(folder, k) if method in GRAMS else None
     ours, cls, theirs = METHODS[method]
     if library == "mergeflow":
+        from mergeflow.features import TaskStats
         from mergeflow.merge import merge
 
+        stats = None
+        if grams is not None:
+            rows = TOKENS * EXEMPLARS
+            stats = {t: TaskStats(gram=dict(g), rows=dict.fromkeys(g, rows))
+                     for t, g in zip(experts, grams, strict=True)}
         start = time.perf_counter()
-        merged = merge(method, pre, experts, **ours)
+        merged = merge(method, pre, experts, stats=stats, **ours)
         wall = time.perf_counter() - start
+        if method in TASK_AWARE:
+            merged = merged.state(pre, "task0")
     else:
         # the CPU torch wheel with the CUDA torchvision wheel: FusionBench imports torchvision, so it needs the
         # operator schemas mergeflow defines for itself (src/mergeflow/_torchvision_compat.py, loaded by path)
+        import importlib
         import importlib.util
 
         compat = HERE.parent / "src" / "mergeflow" / "_torchvision_compat.py"
@@ -108,21 +145,41 @@ def worker(library: str, method: str, folder: Path, k: int, out: Path) -> None:
         import fusion_bench.method as fb
         from fusion_bench.modelpool import BaseModelPool
 
-        pool = BaseModelPool({"_pretrained_": _module(pre), **{t: _module(s) for t, s in experts.items()}})
-        algorithm = getattr(fb, cls)(**theirs)
-        start = time.perf_counter()
-        model = algorithm.run(pool)
-        wall = time.perf_counter() - start
-        merged = {k_: v.detach() for k_, v in model.state_dict().items()}
+        if method == "regmean":
+            from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
+
+            params = {_linear_name(key): [sd[key] for sd in experts.values()] for key in pre}
+            weights = [{_linear_name(key)[:-len(".weight")]: g for key, g in gram.items()} for gram in grams]
+            start = time.perf_counter()
+            merged = merging_with_regmean_weights(params, weights, weight_transpose=True, **theirs)
+            wall = time.perf_counter() - start
+            merged = {key: merged[_linear_name(key)] for key in pre}
+        else:
+            trainable = method == "dare"
+            pool = BaseModelPool({"_pretrained_": _module(pre, trainable),
+                                  **{t: _module(s, trainable) for t, s in experts.items()}})
+            owner = importlib.import_module(f"fusion_bench.method.{cls.rpartition('.')[0]}") if "." in cls else fb
+            algorithm = getattr(owner, cls.rpartition(".")[2])(**theirs)
+            start = time.perf_counter()
+            model = algorithm.run(pool)
+            wall = time.perf_counter() - start
+            if method == "emr":  # the first task's model: θ_pre + λ_0 · m_0 ⊙ τ_uni, from the same election
+                from fusion_bench.method.emr_merging.utils import emr_merge
+
+                unified, masks, rescalers = emr_merge([{k_: s[k_] - pre[k_] for k_ in pre} for s in experts.values()])
+                merged = {k_: pre[k_] + float(rescalers[0]) * masks[k_][0] * unified[k_] for k_ in pre}
+            else:
+                merged = {k_: v.detach() for k_, v in model.state_dict().items()}
     save_file({k_: v.contiguous() for k_, v in merged.items()}, str(out))
     print(json.dumps({"wall_s": wall, "peak_mib": _peak_mib()}))
 
 
 def _inputs(folder: Path, k: int) -> None:
-    if all((folder / f).is_file() for f in ["pre.safetensors", *(f"task{i}.safetensors" for i in range(k))]):
+    names = ["pre.safetensors", *(f"{kind}{i}.safetensors" for kind in ("task", "gram") for i in range(k))]
+    if all((folder / f).is_file() for f in names):
         return
     sys.path.insert(0, str(HERE))
-    from merge_speed import build
+    from merge_speed import build, statistics
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +187,8 @@ def _inputs(folder: Path, k: int) -> None:
     save_file(pre, str(folder / "pre.safetensors"))
     for i, state in enumerate(experts.values()):
         save_file(state, str(folder / f"task{i}.safetensors"))
+    for i, st in enumerate(statistics(pre, experts, {"gram"}, EXEMPLARS).values()):
+        save_file({key: g.contiguous() for key, g in st.gram.items()}, str(folder / f"gram{i}.safetensors"))
 
 
 def _difference(a: Path, b: Path) -> float:

@@ -8,7 +8,15 @@ from mergeflow.errors import MergeflowError
 from mergeflow.features import TaskStats
 from mergeflow.merge import METHODS, merge
 from mergeflow.merge.cat import cat_bases, gram_factor, project_out, trimmed_total
-from mergeflow.merge.common import add_outer_lower_, polar_factor, run_threaded, top_singular
+from mergeflow.merge.common import (
+    add_outer_lower_,
+    polar_factor,
+    run_threaded,
+    stacked_task_vectors,
+    top_singular,
+    unflatten,
+)
+from mergeflow.merge.dare import drop_and_rescale_, dropped_sum
 from mergeflow.merge.lot import lot_linear
 from mergeflow.merge.pcb import pcb_vector
 from mergeflow.merge.tatr import cross_magnitude
@@ -96,6 +104,26 @@ def test_dare_masks_are_seeded_and_p_zero_is_task_arithmetic(setup):
     floating = [k for k in pre if pre[k].is_floating_point()]
     assert all(torch.equal(a[k], b[k]) for k in pre)
     assert any(not torch.equal(a[k], c[k]) for k in floating)
+
+
+def test_dare_summed_task_by_task_is_the_stacked_path_bit_for_bit(setup):
+    """Task arithmetic after the drop sums one task at a time; the masks and the sum are those of the stacked
+    vectors (what TIES after the drop uses), so a stored DARE model does not move."""
+    pre, experts, _ = setup
+    keys = [k for k in pre if pre[k].is_floating_point()]
+    tau = stacked_task_vectors(pre, experts, keys)
+    drop_and_rescale_(tau, [pre[k].shape for k in keys], 0.7, torch.Generator().manual_seed(5))
+    expected = unflatten(tau.sum(0), pre, keys)
+    got = dropped_sum(pre, experts, keys, 0.7, torch.Generator().manual_seed(5))
+    assert all(torch.equal(got[k], expected[k]) for k in keys)
+
+
+def test_weight_averaging_is_the_stacked_mean_bit_for_bit(setup):
+    pre, experts, _ = setup
+    out = merge("weight_averaging", pre, experts)
+    for k, v in pre.items():
+        if v.is_floating_point():
+            assert torch.equal(out[k], torch.stack([sd[k] for sd in experts.values()]).mean(0).to(v.dtype)), k
 
 
 @pytest.mark.parametrize("shape", [(40, 12), (12, 40), (30, 30)])
