@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mergeflow.merge.common import floating, task_vectors
+from mergeflow.merge.common import COMPUTE, floating
 from mergeflow.merge.registry import register
 from mergeflow.merge.task_aware import MaskedTaskModels
 
@@ -25,13 +25,13 @@ def elect(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def emr(pretrained, experts, stats=None, diagnostics=None, data=None):
     """``θ_t = θ_pre + λ_t · m_t ⊙ T_uni`` with ``λ_t = Σ_n mean|T_t[n]| / Σ_n mean|m_t[n] ⊙ T_uni[n]|``."""
     keys = floating(pretrained)
-    vectors = task_vectors(pretrained, experts)
     tasks = list(experts)
     vector, masks = {}, {t: {} for t in tasks}
     own = dict.fromkeys(tasks, 0.0)
     kept = dict.fromkeys(tasks, 0.0)
-    for key in keys:
-        stack = torch.stack([vectors[t][key] for t in tasks])
+    for key in keys:  # one parameter's task vectors at a time, never the K whole task vectors
+        base = pretrained[key].to(COMPUTE)
+        stack = torch.stack([experts[t][key].to(COMPUTE) - base for t in tasks])
         uni, agree = elect(stack)
         vector[key] = uni
         for i, t in enumerate(tasks):
