@@ -486,3 +486,18 @@ def test_iso_c_hand_example():
     experts = {"t0": {"w": torch.tensor([[3.0, 0.0], [0.0, 0.0]])}, "t1": {"w": torch.tensor([[0.0, 0.0], [0.0, 1.0]])}}
     out = merge("iso_c", pre, experts, alpha=1.0)
     torch.testing.assert_close(out["w"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))  # σ (3, 1) → mean 2
+
+
+@pytest.mark.parametrize("kind", ["normal", "magnitudes", "signed zeros", "ties", "tiny", "huge"])
+def test_kth_smallest_by_histogram_is_kthvalue(kind):
+    """Past the size where the histogram pass takes over, every order statistic is torch.kthvalue's value:
+    negative and positive values, both zeros, heavy ties, subnormal and huge magnitudes."""
+    from mergeflow.merge.common import _SELECT_BY_HISTOGRAM, kth_smallest
+
+    n = _SELECT_BY_HISTOGRAM + 4099
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    x = {"normal": x, "magnitudes": x.abs(), "ties": torch.round(x * 3) / 3, "tiny": x * 1e-40,
+         "huge": torch.exp(x * 20), "signed zeros": x.index_fill(0, torch.arange(0, n, 3), 0.0)
+         .index_fill(0, torch.arange(1, n, 7), -0.0)}[kind]
+    for k in [1, 2, 4099, n // 3, n // 2, n - 1, n]:
+        assert float(kth_smallest(x, k)) == float(torch.kthvalue(x, k).values), k

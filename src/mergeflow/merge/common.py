@@ -116,10 +116,26 @@ def unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor], keys: list[str]
     return out
 
 
+_SELECT_BY_HISTOGRAM = 1 << 22  # entries from which a histogram pass beats kthvalue's copy and partition
+
+
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest value (1-based) of a flat tensor; ``torch.quantile`` refuses large inputs."""
+    """The k-th smallest value (1-based) of a flat tensor; ``torch.quantile`` refuses large inputs.
+
+    On a large float32 CPU tensor, a histogram of the top 16 bits of each value's order-preserving integer
+    key (for floats of one sign their bits' order is their order; negative ones are flipped) finds the bucket
+    that holds the k-th value, and ``kthvalue`` runs on that bucket alone: the same value (a signed zero aside)
+    for a pass of integer work instead of a partition of the whole tensor.
+    """
     k = max(1, min(int(k), x.numel()))
-    return torch.kthvalue(x, k).values
+    if x.numel() < _SELECT_BY_HISTOGRAM or x.dtype != torch.float32 or x.device.type != "cpu":
+        return torch.kthvalue(x, k).values
+    bits = x.contiguous().view(torch.int32)
+    bucket = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).bitwise_right_shift_(16).add_(1 << 15)
+    cumulative = torch.bincount(bucket, minlength=1 << 16).cumsum_(0)
+    b = int(torch.searchsorted(cumulative, k))  # the first bucket that reaches k entries
+    before = int(cumulative[b - 1]) if b else 0
+    return torch.kthvalue(x[bucket == b], k - before).values
 
 
 def symmetric_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

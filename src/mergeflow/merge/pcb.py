@@ -21,12 +21,16 @@ def _sorted_at(row: torch.Tensor, index: int) -> torch.Tensor:
 def pcb_vector(tau: torch.Tensor, ratio: float, chunk: int = CHUNK) -> torch.Tensor:
     """The merged vector of PCB for flattened task vectors ``tau`` (tasks × entries).
 
-    Elementwise work runs over column chunks and the row thresholds come from ``kthvalue`` (no sort), so
+    Elementwise work runs over column chunks and the row thresholds come from :func:`kth_smallest` (no sort), so
     the peak is ``tau`` plus the score matrix plus a chunk: 8 ViT-B/32 task vectors fit in 8 GB.
     """
     n, d = tau.shape
-    lo = torch.stack([_sorted_at(row.abs(), int(0.0001 * d)) for row in tau])[:, None]
-    hi = torch.stack([_sorted_at(row.abs(), max(int(0.9999 * d) - 1, 0)) for row in tau])[:, None]
+    bounds = []
+    for row in tau:
+        magnitude = row.abs()
+        bounds.append((_sorted_at(magnitude, int(0.0001 * d)), _sorted_at(magnitude, max(int(0.9999 * d) - 1, 0))))
+    lo = torch.stack([b[0] for b in bounds])[:, None]
+    hi = torch.stack([b[1] for b in bounds])[:, None]
 
     def clamped(part: torch.Tensor) -> torch.Tensor:
         return torch.minimum(torch.maximum(part.abs(), lo), hi)

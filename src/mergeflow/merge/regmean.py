@@ -30,7 +30,7 @@ def regmean(pretrained, experts, stats=None, diagnostics=None, family: Family = 
         if not v.is_floating_point():
             out[k] = v.clone()
         elif unit.kind == "linear" and all(unit.site in stats[t].gram for t in tasks):
-            grams = [shrink(stats[t].gram[unit.site], a) for t in tasks]
+            grams = stacked_shrunk([stats[t].gram[unit.site] for t in tasks], a)
             out[k] = unit.from_matrix(regmean_linear(unit.matrix(v), [unit.matrix(experts[t][k]) for t in tasks],
                                                      grams), v).to(v.dtype)
         else:
@@ -38,8 +38,22 @@ def regmean(pretrained, experts, stats=None, diagnostics=None, family: Family = 
     return out
 
 
-def regmean_linear(base: torch.Tensor, weights: list[torch.Tensor], grams: list[torch.Tensor]) -> torch.Tensor:
-    """``(Σ_k W_k G_k) · inv(Σ_k G_k)`` (float64), through ``W_pre + (Σ_k T_k G_k) · inv(Σ_k G_k)``.
+def stacked_shrunk(grams: list[torch.Tensor], a: float) -> torch.Tensor:
+    """The ``K`` Grams shrunk (:func:`shrink`) and stacked as one ``(K·d_in, d_in)`` matrix, written in place:
+    the operand of :func:`regmean_linear`'s product, without a temporary per Gram."""
+    d = grams[0].shape[0]
+    dtype = torch.promote_types(grams[0].dtype, COMPUTE)
+    out = torch.empty(len(grams) * d, d, dtype=dtype, device=grams[0].device)
+    for block, gram in zip(out.split(d), grams, strict=True):
+        gram = gram.to(dtype)
+        torch.mul(gram, a, out=block)
+        block.diagonal().add_(torch.diagonal(gram) * (1 - a))  # what adding (1−a)·diag(G) does to the diagonal
+    return out
+
+
+def regmean_linear(base: torch.Tensor, weights: list[torch.Tensor], grams: torch.Tensor) -> torch.Tensor:
+    """``(Σ_k W_k G_k) · inv(Σ_k G_k)`` (float64), through ``W_pre + (Σ_k T_k G_k) · inv(Σ_k G_k)``; ``grams``
+    the K Grams stacked, ``(K·d_in, d_in)``.
 
     The products ``T_k G_k`` (most of the work) are one matrix product in the Grams' precision — the statistics
     carry no more than that, and the task vectors' small scale keeps its round-off below the Grams' own; the
@@ -47,11 +61,13 @@ def regmean_linear(base: torch.Tensor, weights: list[torch.Tensor], grams: list[
     takes the pseudo-inverse, ``W_pre · ΣG · pinv(ΣG) + (Σ_k T_k G_k) · pinv(ΣG)``: as the whole-weight formula,
     the part of ``W_pre`` that no input reaches is dropped.
     """
-    dtype = torch.promote_types(grams[0].dtype, COMPUTE)
+    dtype = grams.dtype
     pre = base.to(dtype)
-    drift = (torch.cat([w.to(dtype) - pre for w in weights], dim=1) @ torch.cat([g.to(dtype) for g in grams], dim=0)
-             ).double()
-    total = sum(g.double() for g in grams)
+    drift = (torch.cat([w.to(dtype) - pre for w in weights], dim=1) @ grams).double()
+    blocks = grams.split(grams.shape[1])
+    total = blocks[0].double()
+    for block in blocks[1:]:  # in float64, task by task: the sum of the Grams each converted
+        total.add_(block)
     factor, info = torch.linalg.cholesky_ex(total)
     if int(info) == 0:
         return base.double() + torch.cholesky_solve(drift.t(), factor).t()
