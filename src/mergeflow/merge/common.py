@@ -120,22 +120,31 @@ _SELECT_BY_HISTOGRAM = 1 << 22  # entries from which a histogram pass beats kthv
 
 
 def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest value (1-based) of a flat tensor; ``torch.quantile`` refuses large inputs.
+    """The k-th smallest value (1-based) of a flat tensor; ``torch.quantile`` refuses large inputs."""
+    return kth_smallest_many(x, [k])[0]
+
+
+def kth_smallest_many(x: torch.Tensor, ks: list[int]) -> list[torch.Tensor]:
+    """The ``k``-th smallest values (1-based) of a flat tensor, for every ``k`` of ``ks``.
 
     On a large float32 CPU tensor, a histogram of the top 16 bits of each value's order-preserving integer
     key (for floats of one sign their bits' order is their order; negative ones are flipped) finds the bucket
-    that holds the k-th value, and ``kthvalue`` runs on that bucket alone: the same value (a signed zero aside)
-    for a pass of integer work instead of a partition of the whole tensor.
+    that holds each k-th value, and ``kthvalue`` runs on that bucket alone: the same value (a signed zero
+    aside) for one pass of integer work, shared by every ``k``, instead of a partition of the whole tensor.
     """
-    k = max(1, min(int(k), x.numel()))
+    ks = [max(1, min(int(k), x.numel())) for k in ks]
     if x.numel() < _SELECT_BY_HISTOGRAM or x.dtype != torch.float32 or x.device.type != "cpu":
-        return torch.kthvalue(x, k).values
+        return [torch.kthvalue(x, k).values for k in ks]
     bits = x.contiguous().view(torch.int32)
-    bucket = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).bitwise_right_shift_(16).add_(1 << 15)
+    bucket = bits >> 31  # all ones for a negative value: its other bits flipped, so that larger means larger
+    bucket.bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits).bitwise_right_shift_(16).add_(1 << 15)
     cumulative = torch.bincount(bucket, minlength=1 << 16).cumsum_(0)
-    b = int(torch.searchsorted(cumulative, k))  # the first bucket that reaches k entries
-    before = int(cumulative[b - 1]) if b else 0
-    return torch.kthvalue(x[bucket == b], k - before).values
+    out = []
+    for k in ks:
+        b = int(torch.searchsorted(cumulative, k))  # the first bucket that reaches k entries
+        before = int(cumulative[b - 1]) if b else 0
+        out.append(torch.kthvalue(x[bucket == b], k - before).values)
+    return out
 
 
 def symmetric_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

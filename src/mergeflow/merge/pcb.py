@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from mergeflow.merge.common import CHUNK, add_scaled, floating, kth_smallest, stacked_task_vectors, unflatten
+from mergeflow.merge.common import (
+    CHUNK,
+    add_scaled,
+    floating,
+    kth_smallest,
+    kth_smallest_many,
+    stacked_task_vectors,
+    unflatten,
+)
 from mergeflow.merge.registry import HParam, alpha, register
 
 
@@ -21,41 +29,47 @@ def _sorted_at(row: torch.Tensor, index: int) -> torch.Tensor:
 def pcb_vector(tau: torch.Tensor, ratio: float, chunk: int = CHUNK) -> torch.Tensor:
     """The merged vector of PCB for flattened task vectors ``tau`` (tasks × entries).
 
-    Elementwise work runs over column chunks and the row thresholds come from :func:`kth_smallest` (no sort), so
-    the peak is ``tau`` plus the score matrix plus a chunk: 8 ViT-B/32 task vectors fit in 8 GB.
+    Elementwise work runs over column chunks and the row thresholds come from :func:`kth_smallest` (no
+    sort), so the peak is ``tau`` plus the score matrix plus a chunk: 8 ViT-B/32 task vectors fit in 8 GB.
+    Two passes over ``tau`` after the thresholds: the min-max ranges of the clamped magnitudes and of the
+    floored scores need none of their own, since a clamp and a floor are monotone (the range of
+    ``clamp(x, lo, hi)`` is the clamped range of ``x``).
     """
     n, d = tau.shape
-    bounds = []
-    for row in tau:
+    lo, hi, cm_lo, cm_hi = (tau.new_empty(n, 1) for _ in range(4))
+    for i, row in enumerate(tau):
         magnitude = row.abs()
-        bounds.append((_sorted_at(magnitude, int(0.0001 * d)), _sorted_at(magnitude, max(int(0.9999 * d) - 1, 0))))
-    lo = torch.stack([b[0] for b in bounds])[:, None]
-    hi = torch.stack([b[1] for b in bounds])[:, None]
+        lo[i], hi[i] = kth_smallest_many(magnitude, [int(0.0001 * d) + 1, max(int(0.9999 * d) - 1, 0) + 1])
+        cm_lo[i], cm_hi[i] = magnitude.min().clamp(lo[i, 0], hi[i, 0]), magnitude.max().clamp(lo[i, 0], hi[i, 0])
+    cm_range = (cm_hi - cm_lo).clamp(min=1e-12)
+    bounds = list(zip(lo[:, 0].tolist(), hi[:, 0].tolist(), strict=True))  # float32 values, exact as floats
 
     def clamped(part: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(torch.maximum(part.abs(), lo), hi)
+        """``clamp(|part|, lo, hi)`` row by row with scalar bounds: a contiguous pass per row, where bounds
+        broadcast from a column are several times slower."""
+        out = part.abs()
+        for row, (low, high) in zip(out, bounds, strict=True):
+            row.clamp_(low, high)
+        return out
 
-    def row_range(fn) -> tuple[torch.Tensor, torch.Tensor]:
-        mins, maxs = [], []
-        for start in range(0, d, chunk):
-            x = fn(start)
-            mins.append(x.amin(1))
-            maxs.append(x.amax(1))
-        return torch.stack(mins, 1).amin(1, keepdim=True), torch.stack(maxs, 1).amax(1, keepdim=True)
-
-    cm_lo, cm_hi = row_range(lambda s: clamped(tau[:, s:s + chunk]))
     score = torch.empty_like(tau)
+    s_min, s_max = [], []
     for start in range(0, d, chunk):
         part = tau[:, start:start + chunk]
-        intra = torch.exp(n * ((clamped(part) - cm_lo) / (cm_hi - cm_lo).clamp(min=1e-12)) ** 2)
-        score[:, start:start + chunk] = intra * torch.tanh(part * part.sum(0, keepdim=True))
+        intra = clamped(part).sub_(cm_lo).div_(cm_range).pow_(2).mul_(n).exp_()
+        inter = torch.mul(part, part.sum(0, keepdim=True)).tanh_()
+        out = torch.mul(intra, inter, out=score[:, start:start + chunk])
+        s_min.append(out.amin(1))
+        s_max.append(out.amax(1))
     floor = torch.stack([_sorted_at(s, min(int((1 - ratio) * d), d - 1)) for s in score])[:, None]
-    s_lo, s_hi = row_range(lambda s: torch.maximum(score[:, s:s + chunk], floor))
+    s_lo = torch.maximum(torch.stack(s_min, 1).amin(1, keepdim=True), floor)
+    s_hi = torch.maximum(torch.stack(s_max, 1).amax(1, keepdim=True), floor)
+    s_range = (s_hi - s_lo).clamp(min=1e-12)
     merged = tau.new_empty(d)
     for start in range(0, d, chunk):
         part = tau[:, start:start + chunk]
-        weight = (torch.maximum(score[:, start:start + chunk], floor) - s_lo) / (s_hi - s_lo).clamp(min=1e-12)
-        merged[start:start + chunk] = (weight * torch.sign(part) * clamped(part)).sum(0) / weight.sum(0).clamp(
+        weight = torch.maximum(score[:, start:start + chunk], floor).sub_(s_lo).div_(s_range)
+        merged[start:start + chunk] = (weight * torch.sign(part)).mul_(clamped(part)).sum(0) / weight.sum(0).clamp(
             min=1e-12)
     return merged
 
