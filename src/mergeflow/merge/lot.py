@@ -96,4 +96,4 @@ def lot(pretrained, experts, stats=None, diagnostics=None, family: Family = OPEN
         w = torch.tensor([stats[t].row_weight(site) for t in tasks], dtype=torch.float64, device=like.device)
         return (torch.stack([x.double() for x in items]) * w.view(-1, *[1] * like.ndim)).sum(0).div(w.sum()).to(COMPUTE)
 
-    return merge_by_unit(pretrained, experts, solution, hp["lambda"], "LOT")
+    return merge_by_unit(pretrained, experts, solution, hp["lambda"], "LOT", workers=None)
