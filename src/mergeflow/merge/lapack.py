@@ -3,8 +3,8 @@ triangle of ``A Aᵀ`` (``syrk``).
 
 SciPy's Python wrappers (``scipy.linalg.eigh``, ``scipy.linalg.blas.ssyrk``) hold the GIL while the Fortran
 code runs: two threads that call them take turns, and a thread doing torch work stalls as soon as it needs
-the interpreter. CAT, Iso-C, Iso-CTS and TSV run their units on several threads, so this module calls the
-same routines through ctypes, which releases the GIL for the length of a foreign call. The function
+the interpreter. CAT, CART, Iso-C, Iso-CTS, TSV and LOT run their units on several threads, so this module
+calls the same routines through ctypes, which releases the GIL for the length of a foreign call. The function
 pointers are the ones SciPy exports to Cython modules (``scipy.linalg.cython_lapack`` / ``cython_blas``): the
 same library SciPy itself uses, with 32-bit ``int`` arguments by SciPy's contract.
 
